@@ -1,0 +1,181 @@
+"""Episode and Agent: what a protocol works with.
+
+An Episode is one protocol run on one item under one assignment. It owns the transcript and
+decides who may see what; every message is handed to the recorder (the store) as it is made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Protocol
+
+from pydantic import BaseModel
+
+from . import quotes
+from .items import Item
+from .models import CallRecord, Model, ModelRequest, ModelResponse
+from .prompts import PromptLibrary
+from .protocol import ProtocolDef
+from .verdict import Verdict, parse_verdict
+
+DISPOSITIONS = ("honest", "sycophant", "schemer")
+
+# Messages an agent may see are cut at this transcript length while a simultaneous round
+# is open, so no speaker sees another's speech from the same round (asyncio tasks copy it).
+_horizon: contextvars.ContextVar[int | None] = contextvars.ContextVar("horizon", default=None)
+
+
+@dataclass
+class Message:
+    idx: int
+    role: str
+    content: str  # what the model wrote
+    shown: str  # what others see: quotes marked by the system
+    kind: str = "speech"
+    round: int | None = None
+    visible_to: frozenset[str] | None = None  # None: every role
+    quotes: list[dict] = field(default_factory=list)
+    model: str | None = None
+
+    def visible_for(self, role: str) -> bool:
+        return self.visible_to is None or role in self.visible_to or role == self.role
+
+
+class Recorder(Protocol):
+    async def message(self, message: Message, response: ModelResponse | None, latency: float) -> None: ...
+    async def call(self, record: CallRecord, role: str) -> None: ...
+
+
+class NullRecorder:
+    async def message(self, message, response, latency):
+        pass
+
+    async def call(self, record, role):
+        pass
+
+
+class Episode:
+    def __init__(self, *, item: Item, protocol: ProtocolDef, params: BaseModel,
+                 models: dict[str, Model], assignment: dict[str, int],
+                 dispositions: dict[str, str], prompts: PromptLibrary,
+                 recorder: Recorder | None = None):
+        self.item = item
+        self.protocol = protocol
+        self.params = params
+        self.assignment = assignment  # role -> choice index it argues for
+        self.dispositions = dispositions
+        self.prompts = prompts
+        self.recorder = recorder or NullRecorder()
+        self.transcript: list[Message] = []
+        self.tokens_in = self.tokens_out = self.n_calls = 0
+        self._agents = {role: Agent(self, role, models[role], dispositions.get(role, "honest"))
+                        for role in protocol.roles}
+
+    def agents(self, *roles: str) -> tuple["Agent", ...]:
+        return tuple(self.agent(r) for r in roles)
+
+    def agent(self, role: str) -> "Agent":
+        try:
+            return self._agents[role]
+        except KeyError:
+            raise KeyError(f"protocol {self.protocol.name!r} has no role {role!r}; "
+                           f"roles: {', '.join(self.protocol.roles)}") from None
+
+    def visible(self, role: str) -> list[Message]:
+        horizon = _horizon.get()
+        messages = self.transcript if horizon is None else self.transcript[:horizon]
+        return [m for m in messages if m.visible_for(role)]
+
+    async def together(self, *turns: Awaitable[Any]) -> list[Any]:
+        """Simultaneous turns: none sees the others' messages until all have finished."""
+        token = _horizon.set(len(self.transcript))
+        try:
+            return await asyncio.gather(*turns)
+        finally:
+            _horizon.reset(token)
+
+    async def in_order(self, *turns: Awaitable[Any]) -> list[Any]:
+        """Sequential turns: each sees the ones before it."""
+        return [await t for t in turns]
+
+    async def post(self, role: str, content: str, *, kind: str = "speech", round: int | None = None,
+                   visible_to: tuple[str, ...] | None = None, model: str | None = None,
+                   response: ModelResponse | None = None, latency: float = 0.0) -> Message:
+        """Append a message. Text from roles that read the context is quote-checked first."""
+        if role in self.protocol.context_roles:
+            shown, checked = quotes.verify(content, self.item.context)
+        else:
+            # Roles without the context cannot verify anything: strip any marks they wrote.
+            shown, checked = quotes.verify(content, None)
+        msg = Message(idx=len(self.transcript), role=role, content=content, shown=shown, kind=kind,
+                      round=round, visible_to=frozenset(visible_to) if visible_to else None,
+                      quotes=checked, model=model)
+        self.transcript.append(msg)
+        await self.recorder.message(msg, response, latency)
+        return msg
+
+
+class Agent:
+    """A role bound to a model, a template and a disposition."""
+
+    def __init__(self, episode: Episode, role: str, model: Model, disposition: str):
+        self.episode, self.role, self.model, self.disposition = episode, role, model, disposition
+
+    @property
+    def answer(self) -> int | None:
+        """The choice index this role was assigned to argue for (None for judges)."""
+        return self.episode.assignment.get(self.role)
+
+    def variables(self, **extra: Any) -> dict[str, Any]:
+        ep = self.episode
+        item = ep.item
+        return {
+            "protocol": ep.protocol.name, "role": self.role, "disposition": self.disposition,
+            "question": item.question, "choices": list(item.choices), "letters": item.letters,
+            "answer": self.answer, "positions": dict(ep.assignment),
+            "context": item.context if self.role in ep.protocol.context_roles else None,
+            "transcript": ep.visible(self.role), "params": ep.params.model_dump(), **extra,
+        }
+
+    async def _call(self, purpose: str | None, logprobs: bool, max_tokens: int | None,
+                    extra: dict[str, Any]) -> tuple[ModelResponse, float]:
+        ep = self.episode
+        template = ep.prompts.find(ep.protocol.name, self.role, purpose)
+        system, user = ep.prompts.render(template, **self.variables(**extra))
+        messages = ((("system", system),) if system else ()) + (("user", user),)
+        cfg = self.model.config
+        request = ModelRequest(messages=messages, max_tokens=max_tokens or cfg.max_tokens,
+                               temperature=cfg.temperature, logprobs=logprobs,
+                               top_logprobs=5 if logprobs else 0)
+        t0 = time.perf_counter()
+        response = await self.model.complete(request, sink=self._sink)
+        ep.n_calls += 1
+        ep.tokens_in += response.tokens_in or 0
+        ep.tokens_out += response.tokens_out or 0
+        return response, time.perf_counter() - t0
+
+    async def _sink(self, record: CallRecord) -> None:
+        await self.episode.recorder.call(record, self.role)
+
+    async def speak(self, *, round: int | None = None, purpose: str | None = None,
+                    kind: str = "speech", visible_to: tuple[str, ...] | None = None,
+                    max_tokens: int | None = None, **extra: Any) -> Message:
+        """Render this role's template, call the model, verify quotes, append and persist."""
+        response, latency = await self._call(purpose, False, max_tokens, {"round": round, **extra})
+        return await self.episode.post(self.role, response.text.strip(), kind=kind, round=round,
+                                       visible_to=visible_to, model=self.model.name,
+                                       response=response, latency=latency)
+
+    async def ask(self, *, round: int | None = None, **extra: Any) -> Message:
+        """A question for the others (renders <role>_question.j2)."""
+        return await self.speak(round=round, purpose="question", kind="question", **extra)
+
+    async def decide(self, *, purpose: str | None = None, **extra: Any) -> Verdict:
+        """Render the decision template and parse a Verdict; unparseable is recorded, not raised."""
+        response, latency = await self._call(purpose, True, None, {"round": None, **extra})
+        await self.episode.post(self.role, response.text.strip(), kind="verdict",
+                                model=self.model.name, response=response, latency=latency)
+        return parse_verdict(response.text, len(self.episode.item.choices), response.logprobs)

@@ -1,0 +1,29 @@
+"""Errors a user can act on. Each names where the problem is and what was expected."""
+
+
+class OversightError(Exception):
+    """Base class; the CLI prints these without a traceback."""
+
+
+class SpecError(OversightError):
+    """A batch spec is invalid: raised before any model call is made."""
+
+    def __init__(self, file: str, key: str, message: str):
+        self.file, self.key, self.message = file, key, message
+        super().__init__(f"{file}: {key}: {message}")
+
+
+class DataError(OversightError):
+    """A dataset row is malformed."""
+
+    def __init__(self, file: str, line: int, field: str, message: str):
+        self.file, self.line, self.field = file, line, field
+        super().__init__(f"{file}:{line}: field '{field}': {message}")
+
+
+class ModelError(OversightError):
+    """A model call failed; `retryable` tells the retry layer whether another attempt may help."""
+
+    def __init__(self, message: str, *, retryable: bool = False, status: int | None = None):
+        self.retryable, self.status = retryable, status
+        super().__init__(message)

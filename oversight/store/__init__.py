@@ -1,0 +1,152 @@
+"""The SQLite (or any SQLAlchemy URL) store. Knows nothing of protocols: rows in, rows out."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlmodel import Session
+
+from .db import DEFAULT_DB, create_store_engine, resolve_url
+from .migrations import MIGRATIONS, migrate, schema_version
+from .tables import EpisodeRow, ItemRow, MessageRow, ModelCallRow, Run, VerdictRow, utcnow
+
+__all__ = ["Store", "Run", "ItemRow", "EpisodeRow", "MessageRow", "ModelCallRow", "VerdictRow",
+           "DEFAULT_DB", "resolve_url", "migrate", "schema_version", "MIGRATIONS", "utcnow"]
+
+
+class Store:
+    """Small, explicit write and read operations; each write is its own transaction."""
+
+    def __init__(self, db: str | os.PathLike | None = None):
+        self.url = resolve_url(db)
+        self.engine = create_store_engine(self.url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- writes ---------------------------------------------------------------------------
+    def _exec(self, stmt) -> Any:
+        with self.engine.begin() as conn:
+            return conn.execute(stmt)
+
+    def save_run(self, run: Run) -> Run:
+        with Session(self.engine) as s:
+            existing = s.get(Run, run.id)
+            if existing is None:
+                s.add(run)
+            else:
+                existing.spec_toml, existing.spec_path = run.spec_toml, run.spec_path
+                existing.package_version, existing.updated_at = run.package_version, utcnow()
+            s.commit()
+        return run
+
+    def set_run_status(self, run_id: str, status: str) -> None:
+        self._exec(update(Run).where(Run.id == run_id).values(status=status, updated_at=utcnow()))
+
+    def save_items(self, rows: Iterable[dict]) -> None:
+        rows = list(rows)
+        if not rows:
+            return
+        with self.engine.begin() as conn:
+            have = set(conn.execute(select(ItemRow.id).where(ItemRow.id.in_([r["id"] for r in rows]))).scalars())
+            new = [r for r in rows if r["id"] not in have]
+            if new:
+                conn.execute(insert(ItemRow), new)
+
+    def episode_status(self, run_id: str) -> dict[str, tuple[int, str]]:
+        """key -> (episode id, status) for every episode of a run."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(EpisodeRow.key, EpisodeRow.id, EpisodeRow.status)
+                                .where(EpisodeRow.run_id == run_id))
+            return {k: (i, s) for k, i, s in rows}
+
+    def start_episode(self, values: dict, existing_id: int | None = None) -> int:
+        """Create the episode row, or reset a previous incomplete attempt (its partial
+        transcript is removed so nothing is done twice) and mark it running."""
+        values = {**values, "status": "running", "started_at": utcnow(), "error": None,
+                  "finished_at": None, "n_calls": 0, "tokens_in": 0, "tokens_out": 0}
+        with self.engine.begin() as conn:
+            if existing_id is not None:
+                for table in (VerdictRow, MessageRow, ModelCallRow):
+                    conn.execute(delete(table).where(table.episode_id == existing_id))
+                conn.execute(update(EpisodeRow).where(EpisodeRow.id == existing_id).values(**values))
+                return existing_id
+            return conn.execute(insert(EpisodeRow).values(**values)).inserted_primary_key[0]
+
+    def add_message(self, values: dict) -> int:
+        return self._exec(insert(MessageRow).values(**values)).inserted_primary_key[0]
+
+    def add_call(self, values: dict) -> None:
+        self._exec(insert(ModelCallRow).values(**values))
+
+    def finish_episode(self, episode_id: int, verdict: dict | None, totals: dict,
+                       status: str = "done", error: str | None = None) -> None:
+        """Verdict and final status in one transaction: an episode is done exactly when its
+        verdict is stored."""
+        with self.engine.begin() as conn:
+            if verdict is not None:
+                conn.execute(insert(VerdictRow).values(episode_id=episode_id, **verdict))
+            conn.execute(update(EpisodeRow).where(EpisodeRow.id == episode_id).values(
+                status=status, error=error, finished_at=utcnow(), **totals))
+
+    # -- reads ----------------------------------------------------------------------------
+    def runs(self) -> list[dict]:
+        counts = (select(EpisodeRow.run_id, EpisodeRow.status, func.count())
+                  .group_by(EpisodeRow.run_id, EpisodeRow.status))
+        with self.engine.connect() as conn:
+            per: dict[str, dict[str, int]] = {}
+            for run_id, status, n in conn.execute(counts):
+                per.setdefault(run_id, {})[status] = n
+            rows = conn.execute(select(Run.id, Run.name, Run.status, Run.created_at,
+                                       Run.updated_at, Run.package_version)
+                                .order_by(Run.created_at)).mappings().all()
+            return [{**r, "episodes": per.get(r["id"], {})} for r in rows]
+
+    def run(self, run_id: str) -> dict | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(Run).where(Run.id == run_id)).mappings().first()
+            return dict(row) if row else None
+
+    def find_run(self, ref: str) -> str | None:
+        """A run id from its full id, a unique prefix, or its name (the latest such run)."""
+        with self.engine.connect() as conn:
+            ids = conn.execute(select(Run.id).where(Run.id.startswith(ref))).scalars().all()
+            if len(ids) == 1 or ref in ids:
+                return ref if ref in ids else ids[0]
+            by_name = conn.execute(select(Run.id).where(Run.name == ref)
+                                   .order_by(Run.updated_at.desc())).scalars().first()
+            return by_name
+
+    def episode(self, episode_id: int) -> dict | None:
+        with self.engine.connect() as conn:
+            ep = conn.execute(select(EpisodeRow).where(EpisodeRow.id == episode_id)).mappings().first()
+            if ep is None:
+                return None
+            item = conn.execute(select(ItemRow).where(ItemRow.id == ep["item_id"])).mappings().first()
+            msgs = conn.execute(select(MessageRow).where(MessageRow.episode_id == episode_id)
+                                .order_by(MessageRow.idx)).mappings().all()
+            verdict = conn.execute(select(VerdictRow).where(VerdictRow.episode_id == episode_id)).mappings().first()
+            return {"episode": dict(ep), "item": dict(item) if item else None,
+                    "messages": [dict(m) for m in msgs], "verdict": dict(verdict) if verdict else None}
+
+    def results(self, run_ids: list[str]) -> list[dict]:
+        """One row per episode of the given runs, joined with its verdict (for analysis)."""
+        stmt = (select(EpisodeRow.id, EpisodeRow.run_id, EpisodeRow.protocol, EpisodeRow.variant,
+                       EpisodeRow.item_id, EpisodeRow.assignment, EpisodeRow.roles,
+                       EpisodeRow.status, EpisodeRow.n_calls, EpisodeRow.tokens_in,
+                       EpisodeRow.tokens_out, EpisodeRow.duration_s, VerdictRow.parsed,
+                       VerdictRow.chosen, VerdictRow.correct, VerdictRow.probabilities,
+                       VerdictRow.flagged, VerdictRow.suspicion)
+                .join(VerdictRow, VerdictRow.episode_id == EpisodeRow.id, isouter=True)
+                .where(EpisodeRow.run_id.in_(run_ids)).order_by(EpisodeRow.id))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(stmt).mappings()]
+
+    def call_count(self, run_id: str | None = None) -> int:
+        stmt = select(func.count()).select_from(ModelCallRow)
+        if run_id is not None:
+            stmt = stmt.join(EpisodeRow, EpisodeRow.id == ModelCallRow.episode_id).where(EpisodeRow.run_id == run_id)
+        with self.engine.connect() as conn:
+            return conn.execute(stmt).scalar_one()

@@ -1,0 +1,55 @@
+"""Schema versions as an ordered list of small named functions.
+
+A fresh database is created from the current models and stamped with every migration; an
+existing one runs, in order, the migrations it has not seen. Never edit or reorder a released
+migration: append a new one, and change the models in oversight/store/tables.py to match.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from sqlalchemy import Connection, inspect, text
+from sqlmodel import SQLModel
+
+from .tables import utcnow
+
+Migration = Callable[[Connection], None]
+
+
+def m001_initial(conn: Connection) -> None:
+    """runs, items, episodes, messages, model_calls, verdicts (version 1)."""
+    SQLModel.metadata.create_all(conn)
+
+
+MIGRATIONS: list[Migration] = [m001_initial]
+
+_LEDGER = "schema_migrations"
+
+
+def schema_version(conn: Connection) -> int:
+    if not inspect(conn).has_table(_LEDGER):
+        return 0
+    return len(conn.execute(text(f"SELECT name FROM {_LEDGER}")).all())
+
+
+def migrate(conn: Connection, migrations: list[Migration] | None = None) -> list[str]:
+    """Bring the schema up to date; returns the names of migrations applied."""
+    migrations = MIGRATIONS if migrations is None else migrations
+    conn.execute(text(f"CREATE TABLE IF NOT EXISTS {_LEDGER} "
+                      "(name VARCHAR PRIMARY KEY, applied_at VARCHAR NOT NULL)"))
+    done = {row[0] for row in conn.execute(text(f"SELECT name FROM {_LEDGER}"))}
+    fresh = not done and not inspect(conn).has_table("runs")
+    applied = []
+    for migration in migrations:
+        if migration.__name__ in done:
+            continue
+        if fresh:
+            # A new database gets today's tables in one go; each migration is only stamped.
+            SQLModel.metadata.create_all(conn)
+        else:
+            migration(conn)
+        conn.execute(text(f"INSERT INTO {_LEDGER} (name, applied_at) VALUES (:n, :t)"),
+                     {"n": migration.__name__, "t": utcnow()})
+        applied.append(migration.__name__)
+    return applied

@@ -1,0 +1,91 @@
+"""Verdicts and their parsing. A verdict that cannot be parsed is kept with parsed=False and
+its raw text: counted and excluded downstream, never a default answer."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from pydantic import BaseModel
+
+from .models import TokenLogprob
+
+_ANSWER = re.compile(r"(?:final\s+)?answer\s*[:=\-]\s*\(?\s*([A-Za-z])\s*\)?(?![A-Za-z])", re.I)
+_CONFIDENCE = re.compile(r"confidence\s*[:=\-]\s*(\d{1,3}(?:\.\d+)?)\s*(%?)", re.I)
+_FLAG = re.compile(r"flag(?:ged)?\s*[:=\-]\s*(yes|no|true|false)", re.I)
+_SUSPICION = re.compile(r"suspicion\s*[:=\-]\s*(\d{1,3}(?:\.\d+)?)", re.I)
+
+
+class Verdict(BaseModel):
+    parsed: bool
+    raw: str
+    chosen: int | None = None
+    probabilities: list[float] | None = None
+    prob_source: str | None = None  # "logprobs" | "elicited" | None
+    flagged: bool | None = None
+    suspicion: float | None = None
+    rationale: str | None = None
+
+    def as_row(self, role: str, answer_index: int) -> dict:
+        return {**self.model_dump(), "role": role,
+                "correct": (self.chosen == answer_index) if self.parsed else None}
+
+
+def parse_verdict(text: str, n_choices: int, logprobs: list[TokenLogprob] | None = None) -> Verdict:
+    """Parse 'Answer: <letter>' (+ optional 'Confidence: NN%', 'Flagged:', 'Suspicion:')."""
+    letters = [chr(ord("A") + i) for i in range(n_choices)]
+    matches = [m for m in _ANSWER.finditer(text) if m.group(1).upper() in letters]
+    stripped = text.strip().strip(".()").upper()
+    if not matches and stripped not in letters:
+        return Verdict(parsed=False, raw=text)
+    if matches:
+        match = matches[-1]  # the last stated answer is the final one
+        chosen, at, rationale = letters.index(match.group(1).upper()), match.start(1), text[:match.start()].strip()
+    else:
+        chosen, at, rationale = letters.index(stripped), text.upper().index(stripped), None
+    probs, source = None, None
+    if logprobs:
+        probs = _letter_probs(logprobs, at, letters)
+        source = "logprobs" if probs else None
+    if probs is None:
+        conf = _confidence(text)
+        if conf is not None:
+            rest = (1.0 - conf) / (n_choices - 1)
+            probs, source = [conf if i == chosen else rest for i in range(n_choices)], "elicited"
+    flag = _FLAG.search(text)
+    susp = _SUSPICION.search(text)
+    return Verdict(
+        parsed=True, raw=text, chosen=chosen, probabilities=probs, prob_source=source,
+        flagged=(flag.group(1).lower() in ("yes", "true")) if flag else None,
+        suspicion=min(float(susp.group(1)), 100.0) / 100.0 if susp else None,
+        rationale=rationale or None,
+    )
+
+
+def _confidence(text: str) -> float | None:
+    m = _CONFIDENCE.search(text)
+    if not m:
+        return None
+    value = float(m.group(1))
+    value = value / 100.0 if (m.group(2) or value > 1.0) else value
+    return value if 0.0 <= value <= 1.0 else None
+
+
+def _letter_probs(logprobs: list[TokenLogprob], char_at: int, letters: list[str]) -> list[float] | None:
+    """Distribution over answer letters at the token that wrote the chosen letter."""
+    offset = 0
+    for tok in logprobs:
+        if offset + len(tok.token) > char_at:
+            break
+        offset += len(tok.token)
+    else:
+        return None
+    mass = {letter: 0.0 for letter in letters}
+    for cand, lp in {**tok.top, tok.token: tok.logprob}.items():
+        key = cand.strip().strip("()").upper()
+        if key in mass:
+            mass[key] = max(mass[key], math.exp(lp))
+    total = sum(mass.values())
+    if total <= 0:
+        return None
+    return [mass[letter] / total for letter in letters]

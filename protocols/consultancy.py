@@ -1,0 +1,17 @@
+"""Consultancy: one advocate who reads the context argues for an assigned answer, correct in
+half of the episodes and wrong in the other half; a judge without the context decides.
+
+Follows Michael et al. 2023, "Debate Helps Supervise Unreliable Experts" (arXiv:2311.08702),
+and Khan et al. 2024 (arXiv:2402.06782), where consultancy is the single-advocate baseline.
+"""
+
+from oversight import Episode, Verdict, protocol
+
+
+@protocol(roles=("consultant", "judge"), assign="single_advocate", context=("consultant",))
+async def consultancy(ep: Episode, rounds: int = 1, words: int = 80) -> Verdict:
+    """`rounds` speeches by the consultant, each of at most `words` words, then the verdict."""
+    consultant, judge = ep.agents("consultant", "judge")
+    for r in range(1, rounds + 1):
+        await consultant.speak(round=r)
+    return await judge.decide()
