@@ -1,17 +1,40 @@
 """oversight: a lab bench for scalable-oversight research.
 
 The public surface a protocol author needs: `protocol`, `Episode`, `Agent`, `Verdict`,
-`Item`, and the assignment schedules.
+`Item`, and the assignment schedules. Names resolve on first use, so `oversight --help`
+and other light commands do not pay for pydantic, Jinja2 and the engine.
 """
 
-from .assign import Assignment, judge_only, single_advocate, two_sided
-from .episode import DISPOSITIONS, Agent, Episode, Message
-from .items import Item, load_dataset, load_jsonl
-from .protocol import ProtocolDef, protocol
-from .verdict import Verdict, parse_verdict
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["protocol", "Episode", "Agent", "Message", "Verdict", "parse_verdict", "Item",
-           "load_dataset", "load_jsonl", "Assignment", "judge_only", "single_advocate",
-           "two_sided", "ProtocolDef", "DISPOSITIONS", "__version__"]
+_EXPORTS = {
+    "protocol": "protocol", "ProtocolDef": "protocol",
+    "Episode": "episode", "Agent": "episode", "Message": "episode", "DISPOSITIONS": "episode",
+    "Verdict": "verdict", "parse_verdict": "verdict",
+    "Item": "items", "load_dataset": "items", "load_jsonl": "items",
+    "Assignment": "assign", "judge_only": "assign", "single_advocate": "assign", "two_sided": "assign",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'oversight' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:  # for type checkers and editors
+    from .assign import Assignment, judge_only, single_advocate, two_sided  # noqa: F401
+    from .episode import DISPOSITIONS, Agent, Episode, Message  # noqa: F401
+    from .items import Item, load_dataset, load_jsonl  # noqa: F401
+    from .protocol import ProtocolDef, protocol  # noqa: F401
+    from .verdict import Verdict, parse_verdict  # noqa: F401

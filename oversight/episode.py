@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Protocol
 
@@ -70,9 +71,38 @@ class Episode:
         self.prompts = prompts
         self.recorder = recorder or NullRecorder()
         self.transcript: list[Message] = []
-        self.tokens_in = self.tokens_out = self.n_calls = 0
+        self.tokens_in = self.tokens_out = self.tokens_cached = self.n_calls = self.cache_hits = 0
+        self.cost_usd: float | None = 0.0  # None once any call could not be priced
+        self._asked: Counter[tuple[str, ModelRequest]] = Counter()
         self._agents = {role: Agent(self, role, models[role], dispositions.get(role, "honest"))
                         for role in protocol.roles}
+
+    def sample_index(self, model: str, request: ModelRequest) -> int:
+        """How many times this episode already sent this exact request: the cache keys on it,
+        so repeated sampling at temperature > 0 is not collapsed into one answer."""
+        index = self._asked[(model, request)]
+        self._asked[(model, request)] += 1
+        return index
+
+    def account(self, record: CallRecord) -> None:
+        """Totals from every attempt: real calls cost, cache hits only count."""
+        resp = record.response
+        if record.cache_hit:
+            self.cache_hits += 1
+        else:
+            self.n_calls += 1
+            if resp is not None:
+                self.cost_usd = None if record.cost_usd is None or self.cost_usd is None \
+                    else self.cost_usd + record.cost_usd
+        if resp is not None:
+            self.tokens_in += resp.tokens_in or 0
+            self.tokens_out += resp.tokens_out or 0
+            self.tokens_cached += resp.tokens_cached or 0
+
+    def totals(self) -> dict[str, Any]:
+        return {"n_calls": self.n_calls, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
+                "tokens_cached": self.tokens_cached, "cost_usd": self.cost_usd,
+                "cache_hits": self.cache_hits}
 
     def agents(self, *roles: str) -> tuple["Agent", ...]:
         return tuple(self.agent(r) for r in roles)
@@ -151,13 +181,12 @@ class Agent:
                                temperature=cfg.temperature, logprobs=logprobs,
                                top_logprobs=5 if logprobs else 0)
         t0 = time.perf_counter()
-        response = await self.model.complete(request, sink=self._sink)
-        ep.n_calls += 1
-        ep.tokens_in += response.tokens_in or 0
-        ep.tokens_out += response.tokens_out or 0
+        response = await self.model.complete(request, sink=self._sink,
+                                             sample=ep.sample_index(self.model.name, request))
         return response, time.perf_counter() - t0
 
     async def _sink(self, record: CallRecord) -> None:
+        self.episode.account(record)
         await self.episode.recorder.call(record, self.role)
 
     async def speak(self, *, round: int | None = None, purpose: str | None = None,

@@ -22,8 +22,12 @@ class DataError(OversightError):
 
 
 class ModelError(OversightError):
-    """A model call failed; `retryable` tells the retry layer whether another attempt may help."""
+    """A model call failed. `retryable` tells the retry layer whether another attempt may help;
+    `retry_after` is the server's own wait hint in seconds (Retry-After or a rate-limit reset
+    header), `kind` a short class for reports: rate_limit, overloaded, server, timeout,
+    connection, malformed, context_length, auth, bad_request, not_found, budget, other."""
 
-    def __init__(self, message: str, *, retryable: bool = False, status: int | None = None):
-        self.retryable, self.status = retryable, status
+    def __init__(self, message: str, *, retryable: bool = False, status: int | None = None,
+                 retry_after: float | None = None, kind: str = "other"):
+        self.retryable, self.status, self.retry_after, self.kind = retryable, status, retry_after, kind
         super().__init__(message)

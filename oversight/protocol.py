@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Annotated, Any, Awaitable, Callable
 
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Strict, ValidationError, create_model
 
 from .assign import SCHEDULES, Schedule
 
@@ -87,7 +87,12 @@ def _params_model(fn: ProtocolFn) -> type[BaseModel]:
             continue  # the Episode
         if p.default is inspect.Parameter.empty:
             raise TypeError(f"protocol {fn.__name__}: parameter {pname!r} needs a default value")
-        fields[pname] = (hints.get(pname, type(p.default)), p.default)
+        annotation = hints.get(pname, type(p.default))
+        if annotation in (bool, int, float, str):
+            # TOML values are already typed: never let `words = true` become 1 or
+            # `simultaneous = "no"` become False (strict still takes an int for a float).
+            annotation = Annotated[annotation, Strict()]
+        fields[pname] = (annotation, p.default)
     return create_model(f"{fn.__name__}_params", __config__=ConfigDict(frozen=True, extra="forbid"),
                         **fields)
 

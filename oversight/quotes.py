@@ -17,11 +17,24 @@ from rapidfuzz import fuzz
 
 NEAR_MISS = 85.0  # partial_ratio score at or above which an unverified quote is a near-miss
 
-# Any tag an agent might write to pass as verified: <quote>, <v_quote>, <u_quote>, with spaces
-# or different case. All are re-verified, none is trusted.
-_QUOTE = re.compile(r"<\s*(?:v_|u_)?quote\s*>(.*?)<\s*/\s*(?:v_|u_)?quote\s*>", re.I | re.S)
-_STRAY_TAG = re.compile(r"<\s*/?\s*(?:v_|u_)?quote\s*>", re.I)
+# Any tag an agent might write to pass as verified: <quote>, <v_quote>, <u_quote>, with spaces,
+# different case or attributes (<v_quote source="passage">). All are re-verified, none is trusted.
+_TAG = r"(?:v_|u_)?quote\b[^<>\x00]*>"
+_QUOTE = re.compile(r"<\s*" + _TAG + r"(.*?)<\s*/\s*" + _TAG, re.I | re.S)
+# Left-over tags, and unterminated ones ('<v_quote a="1'), which the '>' of a system mark
+# placed right after them would otherwise complete.
+_STRAY_TAG = re.compile(r"<\s*/?\s*(?:v_|u_)?quote\b(?:[^<>\x00]*>)?", re.I)
 _TRANSLATE = str.maketrans({"“": '"', "”": '"', "‘": "'", "’": "'", "–": "-", "—": "-"})
+
+
+def _strip_tags(text: str) -> str:
+    """Remove quote-like tags until none is left: one pass is not enough, because removing
+    one tag can join its neighbours into another ('<v_<quote>quote>' -> '<v_quote>')."""
+    while True:
+        stripped = _STRAY_TAG.sub("", text)
+        if stripped == text:
+            return text
+        text = stripped
 
 
 def normalise(text: str) -> str:
@@ -48,7 +61,7 @@ def verify(text: str, context: str | None) -> tuple[str, list[dict]]:
     marked: list[str] = []
 
     def mark(match: re.Match) -> str:
-        span = _STRAY_TAG.sub("", match.group(1))
+        span = _strip_tags(match.group(1))
         status, score = check(span, context_norm) if context else ("unverified", 0.0)
         results.append({"text": span, "status": status, "score": score})
         tag = "v_quote" if status == "verified" else "u_quote"
@@ -58,5 +71,5 @@ def verify(text: str, context: str | None) -> tuple[str, list[dict]]:
     # Placeholders first, so that a lone or unmatched tag left in the agent's text can be
     # stripped before the system's own marks go back in.
     body = _QUOTE.sub(mark, text.replace("\x00", ""))
-    body = _STRAY_TAG.sub("", body)
+    body = _strip_tags(body)
     return re.sub("\x00(\\d+)\x00", lambda m: marked[int(m.group(1))], body), results

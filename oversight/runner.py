@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 from . import __version__
 from .episode import Episode, Message
-from .models import CallRecord, Model, ModelResponse
+from .models import Budget, BudgetExhausted, CallRecord, Model, ModelConfig, ModelRequest, ModelResponse
+from .models.base import TokenLogprob
 from .prompts import PromptLibrary
 from .spec import EpisodePlan, LoadedSpec
 from .store import Run, Store
 from .verdict import Verdict
+
+# Episode states a resume runs again; "failed" only with retry_failed; "done" never.
+INCOMPLETE = ("pending", "running", "interrupted", "stopped")
 
 
 class Progress(Protocol):
@@ -41,9 +45,31 @@ class RunSummary:
     skipped: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     calls: int = 0
+    cache_hits: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
+    cost_usd: float = 0.0
     errors: int = 0
+
+
+class StoreCache:
+    """The response cache, kept in the store (table response_cache)."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    async def get(self, key: str) -> ModelResponse | None:
+        row = self.store.cache_get(key)
+        if row is None:
+            return None
+        lps = row.get("logprobs")
+        return ModelResponse(**{**row, "logprobs": [TokenLogprob(**t) for t in lps] if lps else None})
+
+    async def put(self, key: str, config: ModelConfig, request: ModelRequest, response: ModelResponse) -> None:
+        self.store.cache_put({"key": key, "provider": config.provider, "model": config.model,
+                              "request": {**request.as_dict(), "base_url": config.base_url,
+                                          "options": config.output_options()},
+                              "response": asdict(response)})
 
 
 class StoreRecorder:
@@ -68,15 +94,24 @@ class StoreRecorder:
             "episode_id": self.episode_id, "role": role, "provider": r.provider, "model": r.model,
             "request": r.request, "response": resp.raw if resp else None,
             "text": resp.text if resp else None, "tokens_in": resp.tokens_in if resp else None,
-            "tokens_out": resp.tokens_out if resp else None, "latency_s": r.latency,
-            "attempt": r.attempt, "error": r.error,
+            "tokens_out": resp.tokens_out if resp else None,
+            "tokens_cached": resp.tokens_cached if resp else None,
+            "tokens_reasoning": resp.tokens_reasoning if resp else None,
+            "latency_s": r.latency, "attempt": r.attempt, "error": r.error,
+            "error_kind": r.error_kind, "cost_usd": r.cost_usd, "cache_key": r.cache_key,
+            "cache_hit": r.cache_hit,
         })
-        self.summary.calls += 1
-        if resp is not None:
-            self.summary.tokens_in += resp.tokens_in or 0
-            self.summary.tokens_out += resp.tokens_out or 0
+        s = self.summary
+        if r.cache_hit:
+            s.cache_hits += 1
         else:
-            self.summary.errors += 1
+            s.calls += 1
+            s.cost_usd += r.cost_usd or 0.0
+        if resp is not None:
+            s.tokens_in += resp.tokens_in or 0
+            s.tokens_out += resp.tokens_out or 0
+        else:
+            s.errors += 1
         self.progress.call(r)
 
 
@@ -92,38 +127,52 @@ def todo(plans: list[EpisodePlan], status: dict[str, tuple[int, str]],
     return out
 
 
-async def run_batch(loaded: LoadedSpec, store: Store, prompts: PromptLibrary, *,
-                    retry_failed: bool = False, progress: Progress | None = None,
-                    models: dict[str, Model] | None = None) -> RunSummary:
-    """Run every pending episode of a spec; safe to call again to resume."""
-    progress = progress or _Quiet()
-    run_id = loaded.run_id
-    store.save_run(Run(id=run_id, name=loaded.spec.name, spec_path=str(loaded.path),
+def register_run(loaded: LoadedSpec, store: Store) -> str:
+    store.save_run(Run(id=loaded.run_id, name=loaded.spec.name, spec_path=str(loaded.path),
                        spec_toml=loaded.text, spec=loaded.spec.model_dump(mode="json"),
                        spec_hash=loaded.spec_hash, package_version=__version__))
     store.save_items(_item_row(it) for it in loaded.items)
+    return loaded.run_id
+
+
+async def run_batch(loaded: LoadedSpec, store: Store, prompts: PromptLibrary, *,
+                    retry_failed: bool = False, progress: Progress | None = None,
+                    models: dict[str, Model] | None = None, use_cache: bool = True,
+                    budget: Budget | None = None) -> RunSummary:
+    """Run every pending episode of a spec; safe to call again to resume."""
+    progress = progress or _Quiet()
+    run_id = register_run(loaded, store)
     pending = todo(loaded.plans, store.episode_status(run_id), retry_failed)
     summary = RunSummary(run_id, planned=len(loaded.plans), skipped=len(loaded.plans) - len(pending))
     progress.start(len(loaded.plans), summary.skipped)
-    if not pending:
-        summary.status = "finished"
-        store.set_run_status(run_id, _final_status(store, run_id))
+    if budget is None and (loaded.spec.budget.usd or loaded.spec.budget.tokens):
+        budget = Budget(loaded.spec.budget.usd, loaded.spec.budget.tokens)
+    if budget is not None:  # a resumed run has already spent part of its budget
+        budget.spent_usd, budget.spent_tokens = store.run_spend(run_id)
+    if not pending or (budget is not None and budget.exhausted):
+        summary.status = "budget_exhausted" if pending else _final_status(store, run_id)
+        store.set_run_status(run_id, summary.status)
         return summary
 
     needed = {alias for plan, _ in pending for alias in plan.roles.values()}
-    models = models or {alias: Model(alias, loaded.models[alias]) for alias in needed}
+    cache = StoreCache(store) if use_cache else None
+    models = models or {alias: Model(alias, loaded.models[alias], cache=cache, budget=budget)
+                        for alias in needed}
     store.set_run_status(run_id, "running")
     gate = asyncio.Semaphore(loaded.spec.concurrency)
 
     async def one(plan: EpisodePlan, existing: int | None) -> None:
         async with gate:
+            if budget is not None and budget.exhausted:
+                return  # never started: stays pending for the next run
             status = await run_episode(plan, existing, run_id, store, prompts, models, progress, summary)
         summary.counts[status] = summary.counts.get(status, 0) + 1
         progress.episode(status)
 
     try:
         await asyncio.gather(*(one(plan, ep_id) for plan, ep_id in pending))
-        summary.status = _final_status(store, run_id)
+        summary.status = ("budget_exhausted" if budget is not None and budget.exhausted
+                          and summary.counts.get("done", 0) < len(pending) else _final_status(store, run_id))
     except asyncio.CancelledError:
         summary.status = "interrupted"
         raise
@@ -161,9 +210,10 @@ async def run_episode(plan: EpisodePlan, existing: int | None, run_id: str, stor
                  prompts=prompts, recorder=StoreRecorder(store, ep_id, progress, summary))
     t0 = time.perf_counter()
 
-    def totals() -> dict:
-        return {"duration_s": time.perf_counter() - t0, "n_calls": ep.n_calls,
-                "tokens_in": ep.tokens_in, "tokens_out": ep.tokens_out}
+    def finish(verdict: dict | None, status: str, error: str | None = None) -> str:
+        store.finish_episode(ep_id, verdict, {**ep.totals(), "duration_s": time.perf_counter() - t0},
+                             status=status, error=error)
+        return status
 
     try:
         verdict = await plan.protocol.fn(ep, **plan.params.model_dump())
@@ -171,13 +221,13 @@ async def run_episode(plan: EpisodePlan, existing: int | None, run_id: str, stor
             raise TypeError(f"protocol {plan.protocol.name} returned {type(verdict).__name__}, "
                             "expected a Verdict")
     except asyncio.CancelledError:
-        store.finish_episode(ep_id, None, totals(), status="interrupted", error="interrupted")
+        finish(None, "interrupted", "interrupted")
         raise
+    except BudgetExhausted as exc:  # not the episode's fault: it runs again on resume
+        return finish(None, "stopped", str(exc))
     except Exception as exc:  # recorded, never a default verdict
-        store.finish_episode(ep_id, None, totals(), status="failed", error=f"{type(exc).__name__}: {exc}")
-        return "failed"
-    store.finish_episode(ep_id, verdict.as_row(plan.protocol.judge, item.answer_index), totals())
-    return "done"
+        return finish(None, "failed", f"{type(exc).__name__}: {exc}")
+    return finish(verdict.as_row(plan.protocol.judge, item.answer_index), "done")
 
 
 def _item_row(item) -> dict:

@@ -22,6 +22,7 @@ from .episode import DISPOSITIONS
 from .errors import DataError, SpecError
 from .items import Item, load_dataset
 from .models import PROVIDERS, ModelConfig
+from .models.pricing import price_for
 from .protocol import ProtocolDef, param_errors
 
 
@@ -43,11 +44,19 @@ class ProtocolSpec(_Strict):
     sweep: dict[str, list[Any]] = {}  # "params.x" / "roles.r" / "dispositions.r" -> values
 
 
+class BudgetSpec(_Strict):
+    """Run-wide caps; reaching one stops new calls and leaves the run resumable."""
+
+    usd: float | None = Field(default=None, gt=0)
+    tokens: int | None = Field(default=None, gt=0)
+
+
 class BatchSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     seed: int = 0
     concurrency: int = Field(default=16, ge=1)  # episodes in flight at once
+    budget: BudgetSpec = BudgetSpec()
     data: DataSpec
     models: dict[str, ModelConfig] = {}
     roles: dict[str, str] = {}  # default model per role; "*" for every role
@@ -85,7 +94,11 @@ class LoadedSpec:
 
     @property
     def spec_hash(self) -> str:
-        return _hash(self.spec.model_dump(mode="json"))
+        """Hash of what determines the results: not budgets, caps, limits or timeouts, so a
+        spec tuned for speed or given more money resumes the same run."""
+        ident = self.spec.model_dump(mode="json", exclude={"concurrency", "budget", "description"})
+        ident["models"] = {a: m.identity() for a, m in self.spec.models.items()}
+        return _hash(ident)
 
     @property
     def run_id(self) -> str:
@@ -119,8 +132,14 @@ def load_spec(path: str | Path, registry: dict[str, ProtocolDef], limit: int | N
     models = _resolve_models(path, spec)
     items = _load_items(path, spec, limit)
     plans = _expand(path, spec, registry, models, items)
-    used = {alias for p in plans for alias in p.roles.values()}
-    return LoadedSpec(path, text, spec, {a: m for a, m in models.items() if a in used}, plans, items)
+    used = {alias: m for alias, m in models.items() if alias in {a for p in plans for a in p.roles.values()}}
+    if spec.budget.usd is not None:
+        for alias, cfg in used.items():
+            if price_for(cfg) is None:
+                raise SpecError(str(path), f"models.{alias}.price", "a dollar budget is set but "
+                                f"{cfg.provider}/{cfg.model} is not in the price table: give "
+                                "price = { input = ..., output = ... } (USD per million tokens)")
+    return LoadedSpec(path, text, spec, used, plans, items)
 
 
 def _resolve_models(path: Path, spec: BatchSpec) -> dict[str, ModelConfig]:
@@ -156,6 +175,7 @@ def _resolve_models(path: Path, spec: BatchSpec) -> dict[str, ModelConfig]:
 
 def _load_items(path: Path, spec: BatchSpec, limit: int | None) -> list[Item]:
     items: list[Item] = []
+    seen: dict[str, int] = {}
     cap = min(x for x in (spec.data.limit, limit) if x) if (spec.data.limit or limit) else None
     for i, name in enumerate(spec.data.datasets):
         try:
@@ -165,6 +185,11 @@ def _load_items(path: Path, spec: BatchSpec, limit: int | None) -> list[Item]:
                             f"{name!r} is neither a built-in dataset nor an existing file") from None
         except DataError as exc:
             raise SpecError(str(path), f"data.datasets[{i}]", str(exc)) from None
+        # Items are keyed "<dataset>/<id>": a dataset named twice would collide in the store.
+        if loaded and (first := seen.setdefault(loaded[0].dataset, i)) != i:
+            raise SpecError(str(path), f"data.datasets[{i}]",
+                            f"dataset {loaded[0].dataset!r} is already data.datasets[{first}]; "
+                            "each dataset may appear once (rename one file if they differ)")
         items.extend(loaded[:cap] if cap else loaded)
     return items
 
@@ -177,6 +202,7 @@ def _sweep_points(p: ProtocolSpec) -> list[dict[str, Any]]:
 def _expand(path: Path, spec: BatchSpec, registry: dict[str, ProtocolDef],
             models: dict[str, ModelConfig], items: list[Item]) -> list[EpisodePlan]:
     plans: list[EpisodePlan] = []
+    owner: dict[str, str] = {}  # episode key -> the entry that planned it
     for i, pspec in enumerate(spec.protocols):
         where = f"protocols[{i}]"
         proto = registry.get(pspec.name)
@@ -204,10 +230,11 @@ def _expand(path: Path, spec: BatchSpec, registry: dict[str, ProtocolDef],
                 params = proto.make_params(params_in)
             except ValidationError as exc:
                 raise _err(path, exc, f"{where}.params.") from None
-            for role in list(roles) + list(dispositions):
-                if role not in proto.roles:
-                    raise SpecError(str(path), f"{where}.roles.{role}", f"protocol {proto.name!r} "
-                                    f"has no role {role!r}; roles: {', '.join(proto.roles)}")
+            for section, named in (("roles", roles), ("dispositions", dispositions)):
+                for role in named:
+                    if role not in proto.roles:
+                        raise SpecError(str(path), f"{where}.{section}.{role}", f"protocol "
+                                        f"{proto.name!r} has no role {role!r}; roles: {', '.join(proto.roles)}")
             for role in proto.roles:
                 if role not in roles:
                     raise SpecError(str(path), f"{where}.roles.{role}",
@@ -218,7 +245,7 @@ def _expand(path: Path, spec: BatchSpec, registry: dict[str, ProtocolDef],
                                     f"expected one of {', '.join(DISPOSITIONS)}, got {d!r}")
             variant = proto.name + ("[" + ",".join(f"{k.removeprefix('params.')}={v}"
                                                    for k, v in sorted(point.items())) + "]" if point else "")
-            model_cfg = {r: models[a].public() for r, a in roles.items()}
+            model_cfg = {r: models[a].identity() for r, a in roles.items()}
             for item in items:
                 rng = random.Random(f"{spec.seed}:{item.key}")
                 for assignment in proto.schedule(item, proto.advocates, rng):
@@ -226,6 +253,11 @@ def _expand(path: Path, spec: BatchSpec, registry: dict[str, ProtocolDef],
                                  "item": item.key, "assignment": assignment.model_dump(),
                                  "models": model_cfg, "dispositions": dispositions,
                                  "seed": spec.seed})[:20]
+                    if key in owner:  # e.g. a protocol entry or a sweep value given twice
+                        raise SpecError(str(path), where, f"plans an episode {owner[key]} already "
+                                        "plans (same protocol, params, models, dispositions and "
+                                        "item); remove the repeat")
+                    owner[key] = where
                     plans.append(EpisodePlan(key, proto, variant, params, item, assignment,
                                              dict(roles), dict(dispositions), spec.seed))
     return plans

@@ -11,7 +11,10 @@ from pydantic import BaseModel
 from .models import TokenLogprob
 
 _ANSWER = re.compile(r"(?:final\s+)?answer\s*[:=\-]\s*\(?\s*([A-Za-z])\s*\)?(?![A-Za-z])", re.I)
-_CONFIDENCE = re.compile(r"confidence\s*[:=\-]\s*(\d{1,3}(?:\.\d+)?)\s*(%?)", re.I)
+_CONFIDENCE = re.compile(r"confidence\s*[:=\-]\s*(\d+(?:\.\d+)?)\s*(%?)", re.I)
+# A reply that is only a letter on its first line, optionally followed by "NN%" on the next.
+_BARE_LETTER = re.compile(r"\s*\(?([A-Za-z])\)?\.?\s*(?:\n\s*\d{1,3}(?:\.\d+)?\s*%\s*)?$")
+_BARE_PERCENT = re.compile(r"^\s*(\d{1,3}(?:\.\d+)?)\s*(%)\s*$", re.M)
 _FLAG = re.compile(r"flag(?:ged)?\s*[:=\-]\s*(yes|no|true|false)", re.I)
 _SUSPICION = re.compile(r"suspicion\s*[:=\-]\s*(\d{1,3}(?:\.\d+)?)", re.I)
 
@@ -35,14 +38,14 @@ def parse_verdict(text: str, n_choices: int, logprobs: list[TokenLogprob] | None
     """Parse 'Answer: <letter>' (+ optional 'Confidence: NN%', 'Flagged:', 'Suspicion:')."""
     letters = [chr(ord("A") + i) for i in range(n_choices)]
     matches = [m for m in _ANSWER.finditer(text) if m.group(1).upper() in letters]
-    stripped = text.strip().strip(".()").upper()
-    if not matches and stripped not in letters:
-        return Verdict(parsed=False, raw=text)
+    bare = _BARE_LETTER.match(text)  # small models often drop the labels: "B\n90%"
     if matches:
         match = matches[-1]  # the last stated answer is the final one
         chosen, at, rationale = letters.index(match.group(1).upper()), match.start(1), text[:match.start()].strip()
+    elif bare and bare.group(1).upper() in letters:
+        chosen, at, rationale = letters.index(bare.group(1).upper()), bare.start(1), None
     else:
-        chosen, at, rationale = letters.index(stripped), text.upper().index(stripped), None
+        return Verdict(parsed=False, raw=text)
     probs, source = None, None
     if logprobs:
         probs = _letter_probs(logprobs, at, letters)
@@ -63,9 +66,10 @@ def parse_verdict(text: str, n_choices: int, logprobs: list[TokenLogprob] | None
 
 
 def _confidence(text: str) -> float | None:
-    m = _CONFIDENCE.search(text)
-    if not m:
+    found = list(_CONFIDENCE.finditer(text)) or list(_BARE_PERCENT.finditer(text))
+    if not found:
         return None
+    m = found[-1]  # the confidence stated with the final answer, as with the answer itself
     value = float(m.group(1))
     value = value / 100.0 if (m.group(2) or value > 1.0) else value
     return value if 0.0 <= value <= 1.0 else None

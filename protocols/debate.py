@@ -14,6 +14,8 @@ from oversight import Episode, Verdict, protocol
           context=("debater_a", "debater_b"))
 async def debate(ep: Episode, rounds: int = 1, simultaneous: bool = True,
                  judge_questions: bool = False, words: int = 80) -> Verdict:
+    """`rounds` of speeches of at most `words` words, simultaneous or A-then-B; with
+    `judge_questions` the judge asks both debaters a question between rounds."""
     a, b, judge = ep.agents("debater_a", "debater_b", "judge")
     for r in range(1, rounds + 1):
         turns = (a.speak(round=r), b.speak(round=r))

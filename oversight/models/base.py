@@ -6,7 +6,31 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+
+# Options that change a model's output (the rest size servers or set timeouts).
+_OUTPUT_OPTIONS = ("reasoning_effort", "seed", "extra_body", "top_p", "stop", "script", "rules",
+                   "chat_template")
+
+
+class Price(BaseModel):
+    """USD per million tokens."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    input: float
+    output: float
+    cached_input: float | None = None  # defaults to the input price
+
+
+class RetryPolicy(BaseModel):
+    """Finite by default: a dead endpoint costs minutes, not a night."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    max_attempts: int = Field(default=6, ge=1)
+    max_seconds: float = Field(default=300.0, gt=0)  # no new attempt starts after this
+    backoff_initial: float = Field(default=1.0, ge=0)
+    backoff_max: float = Field(default=60.0, ge=0)
 
 
 class ModelConfig(BaseModel):
@@ -21,9 +45,27 @@ class ModelConfig(BaseModel):
     api_key_env: str | None = None
     temperature: float = 0.0
     max_tokens: int = 256
-    concurrency: int = 4
+    concurrency: int = Field(default=4, ge=1)  # calls in flight for this model
+    # Calls in flight to one endpoint (provider + base_url), shared by every model using it.
+    endpoint_concurrency: int | None = Field(default=None, ge=1)
+    rpm: int | None = Field(default=None, ge=1)  # requests per minute
+    tpm: int | None = Field(default=None, ge=1)  # tokens per minute (prompt estimate + max_tokens)
+    timeout: float = Field(default=120.0, gt=0)  # seconds for one attempt
+    retry: RetryPolicy = RetryPolicy()
+    price: Price | None = None  # overrides the shipped price table
     # Provider-specific knobs (e.g. the local model's context size or the mock's script).
     options: dict[str, Any] = {}
+
+    def output_options(self) -> dict[str, Any]:
+        """Provider options that change what the model writes (not timeouts or sizing)."""
+        return {k: v for k, v in self.options.items() if k in _OUTPUT_OPTIONS}
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two configs produce the same outputs: keys episodes and runs, so raising
+        a concurrency cap or a timeout does not orphan finished work."""
+        return {"provider": self.provider, "model": self.model, "base_url": self.base_url,
+                "temperature": self.temperature, "max_tokens": self.max_tokens,
+                "options": self.output_options()}
 
     def public(self) -> dict[str, Any]:
         """What is safe to store: everything here (no secret is ever a field)."""
@@ -60,6 +102,8 @@ class ModelResponse:
     model: str = ""
     tokens_in: int | None = None
     tokens_out: int | None = None
+    tokens_cached: int | None = None  # input tokens served from the provider's prompt cache
+    tokens_reasoning: int | None = None  # hidden reasoning tokens (billed as output)
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] | None = None
     raw: dict[str, Any] | None = None  # the provider's JSON body, minus nothing secret

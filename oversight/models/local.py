@@ -7,8 +7,8 @@ shared: every LocalProvider with the same (model, ctx, parallel, threads) in a p
 one server, because two copies of 1 GB of weights would only fight over the same cores.
 
 Options (spec `options`): ctx (tokens per slot, default 4096), parallel (slots, default the
-model's concurrency), threads (default 2), start_timeout (seconds, default 120), timeout
-(per request, as for `openai`).
+model's concurrency), threads (default 2), start_timeout (seconds, default 120). Any other
+option goes to the OpenAI client path unchanged, as it would for the `openai` provider.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from .local_server import READY
 from .openai_provider import OpenAIProvider
 from .weights import DEFAULT_MODEL, ensure_weights, get_model
 
-OPTIONS = {"ctx", "parallel", "threads", "start_timeout", "timeout"}
+SERVER_OPTIONS = ("ctx", "parallel", "threads", "start_timeout")  # consumed here
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding `oversight/`
 
 
@@ -84,7 +84,7 @@ class LocalServer:
 def launch_server(name: str = DEFAULT_MODEL, *, ctx: int = 4096, parallel: int = 4,
                   threads: int = 2, timeout: float = 120.0) -> LocalServer:
     """Start a server process and block until it is ready (or raise ModelError)."""
-    key = ServerKey(get_model(name).name, ctx, parallel, threads)
+    key = _checked(ServerKey(get_model(name).name, ctx, parallel, threads))
     ensure_weights(key.model)  # here, so a missing package fails with its own clear message
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
     if str(_PACKAGE_ROOT) not in {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}:
@@ -101,7 +101,8 @@ def launch_server(name: str = DEFAULT_MODEL, *, ctx: int = 4096, parallel: int =
     try:
         url = _read_ready(proc, timeout)
         if url is None:
-            problem = f"exited during start-up (exit code {_kill(proc)})"
+            # It closed stdout, so it is exiting: let it finish to report its own exit code.
+            problem = f"exited during start-up (exit code {_kill(proc, grace=10)})"
         elif url == "":
             problem = (f"was not ready after {timeout:.0f}s (raise options.start_timeout "
                        f"on a slow machine)")
@@ -132,14 +133,10 @@ async def start_local_server(name: str = DEFAULT_MODEL, *, ctx: int = 4096, para
 class LocalProvider(Provider):
     def __init__(self, config: ModelConfig):
         super().__init__(config)
-        opts = dict(config.options)
-        unknown = set(opts) - OPTIONS
-        if unknown:
-            raise ModelError(f"unknown option(s) for the local provider: {', '.join(sorted(unknown))}"
-                             f"; known: {', '.join(sorted(OPTIONS))}")
-        self.key = ServerKey(get_model(config.model).name, int(opts.get("ctx", 4096)),
-                             int(opts.get("parallel", config.concurrency)),
-                             int(opts.get("threads", 2)))
+        opts = config.options
+        self.key = _checked(ServerKey(get_model(config.model).name, int(opts.get("ctx", 4096)),
+                                      int(opts.get("parallel", config.concurrency)),
+                                      int(opts.get("threads", 2))))
         self._start_timeout = float(opts.get("start_timeout", 120.0))
         self._server: LocalServer | None = None
         self._inner: OpenAIProvider | None = None
@@ -152,7 +149,9 @@ class LocalProvider(Provider):
             server = await asyncio.to_thread(_acquire, self.key, self._start_timeout)
             inner = OpenAIProvider(self.config.model_copy(update={
                 "provider": "openai", "model": self.key.model,
-                "base_url": server.base_url, "api_key_env": None}))
+                "base_url": server.base_url, "api_key_env": None,
+                "options": {k: v for k, v in self.config.options.items()
+                            if k not in SERVER_OPTIONS}}))
             await inner.start()
             self._server, self._inner = server, inner
 
@@ -165,7 +164,7 @@ class LocalProvider(Provider):
             if server is not None and not server.alive:
                 raise ModelError(f"local model server for {self.key.model!r} died (exit code "
                                  f"{server.proc.returncode}); last log lines:\n"
-                                 f"{server.log_tail()}") from None
+                                 f"{server.log_tail()}", kind="server") from None
             raise
 
     async def aclose(self) -> None:
@@ -234,6 +233,13 @@ def _stop_all() -> None:
 
 # --- helpers ------------------------------------------------------------------------------
 
+def _checked(key: ServerKey) -> ServerKey:
+    if min(key.ctx, key.parallel, key.threads) < 1:
+        raise ModelError(f"local model {key.model!r}: ctx, parallel and threads must be >= 1 "
+                         f"(got ctx={key.ctx}, parallel={key.parallel}, threads={key.threads})")
+    return key
+
+
 def _read_ready(proc: subprocess.Popen, timeout: float) -> str | None:
     """The server URL; None if the process closed stdout first; "" on timeout."""
     fd = proc.stdout.fileno()
@@ -254,8 +260,11 @@ def _read_ready(proc: subprocess.Popen, timeout: float) -> str | None:
     return ""
 
 
-def _kill(proc: subprocess.Popen) -> int | None:
-    if proc.poll() is None:
+def _kill(proc: subprocess.Popen, grace: float = 0.0) -> int | None:
+    """Exit code after at most `grace` seconds of waiting, then SIGKILL."""
+    try:
+        return proc.wait(grace)
+    except subprocess.TimeoutExpired:
         proc.kill()
     try:
         return proc.wait(10)

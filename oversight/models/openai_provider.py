@@ -1,67 +1,154 @@
-"""OpenAI chat completions through the official SDK; any OpenAI-compatible server via base_url."""
+"""OpenAI chat completions through the official SDK; any OpenAI-compatible server via base_url.
+
+Failures become `ModelError`s classified for the one retry layer above (the SDK's own retries
+are off): see headers.classify_status. Options read from `config.options`: `timeout`
+(seconds per attempt; default: the config's `timeout`), `seed`, `extra_body` (dict merged
+into the JSON body), `reasoning_effort`, and `temperature` (only for reasoning models, below).
+"""
 
 from __future__ import annotations
 
+import json
 import os
+from typing import Any
 
 import openai
+import pydantic
+from openai.types.chat import ChatCompletion
 
 from ..errors import ModelError
 from .base import ModelConfig, ModelRequest, ModelResponse, Provider, TokenLogprob
+from .headers import RETRYABLE_STATUS, attempt_timeout, classify_status, redact, retry_after_seconds
 
-# Statuses worth another attempt; everything else (400, 401, 403, 404, context length) is fatal.
-RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504, 529}
+__all__ = ["RETRYABLE_STATUS", "OpenAIProvider", "is_reasoning_model"]
+
+# Model families that take `max_completion_tokens` (not `max_tokens`) and reject a
+# temperature other than the default.
+REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+
+
+def is_reasoning_model(model: str, options: dict[str, Any]) -> bool:
+    name = model.rsplit("/", 1)[-1].lower()  # "openai/o3-mini" as well as "o3-mini"
+    return "reasoning_effort" in options or name.startswith(REASONING_PREFIXES)
 
 
 class OpenAIProvider(Provider):
     def __init__(self, config: ModelConfig):
         super().__init__(config)
         self._client: openai.AsyncOpenAI | None = None
+        self._secrets: tuple[str, ...] = ()
 
     def _make_client(self, base_url: str | None) -> openai.AsyncOpenAI:
         env = self.config.api_key_env or ("OPENAI_API_KEY" if base_url is None else None)
         key = os.environ.get(env) if env else None
         if env and not key and base_url is None:
             raise ModelError(f"environment variable {env} is not set (needed by model "
-                             f"{self.config.model!r})")
+                             f"{self.config.model!r})", kind="auth")
+        self._secrets = (key,) if key else ()
         # max_retries=0: the SDK must not retry behind our back; one retry layer sees every attempt.
         return openai.AsyncOpenAI(api_key=key or "not-needed", base_url=base_url, max_retries=0,
-                                  timeout=float(self.config.options.get("timeout", 600)))
+                                  timeout=attempt_timeout(self.config))
 
     async def start(self) -> None:
         if self._client is None:
             self._client = self._make_client(self.config.base_url)
 
-    async def complete(self, request: ModelRequest) -> ModelResponse:
-        await self.start()
-        kwargs: dict = dict(model=self.config.model or "default",
-                            messages=[{"role": r, "content": c} for r, c in request.messages],
-                            max_tokens=request.max_tokens, temperature=request.temperature)
+    def _kwargs(self, request: ModelRequest) -> dict[str, Any]:
+        opts = self.config.options
+        model = self.config.model or "default"
+        kwargs: dict[str, Any] = {
+            "model": model, "messages": [{"role": r, "content": c} for r, c in request.messages]}
+        if is_reasoning_model(model, opts):
+            # Reasoning models count hidden reasoning against max_completion_tokens, reject
+            # max_tokens, and only accept the default temperature unless told otherwise.
+            kwargs["max_completion_tokens"] = request.max_tokens
+            if opts.get("reasoning_effort") is not None:
+                kwargs["reasoning_effort"] = opts["reasoning_effort"]
+            if "temperature" in opts:
+                kwargs["temperature"] = opts["temperature"]
+            # They return no logprobs (a 400); verdicts fall back to elicited confidence.
+        else:
+            kwargs.update(max_tokens=request.max_tokens, temperature=request.temperature)
+            if request.logprobs:
+                kwargs.update(logprobs=True, top_logprobs=request.top_logprobs or 5)
         if request.stop:
             kwargs["stop"] = list(request.stop)
-        if request.logprobs:
-            kwargs.update(logprobs=True, top_logprobs=request.top_logprobs or 5)
+        if opts.get("seed") is not None:
+            kwargs["seed"] = int(opts["seed"])
+        if opts.get("extra_body"):
+            kwargs["extra_body"] = dict(opts["extra_body"])
+        return kwargs
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        await self.start()
+        error: ModelError | None = None
         try:
-            completion = await self._client.chat.completions.create(**kwargs)
+            completion = await self._client.chat.completions.create(**self._kwargs(request))
         except openai.APIStatusError as exc:
-            raise ModelError(f"HTTP {exc.status_code}: {_short(exc)}",
-                             retryable=exc.status_code in RETRYABLE_STATUS,
-                             status=exc.status_code) from None
-        except (openai.APITimeoutError, openai.APIConnectionError) as exc:
-            raise ModelError(f"{type(exc).__name__}: {exc}", retryable=True) from None
-        if not completion.choices:
-            raise ModelError("response had no choices", retryable=True)
-        choice = completion.choices[0]
-        usage = completion.usage
+            error = self._status_error(exc)
+        except openai.APITimeoutError as exc:  # before APIConnectionError: it is a subclass
+            error = ModelError(f"request timed out ({type(exc).__name__})", retryable=True,
+                               kind="timeout")
+        except openai.APIConnectionError as exc:
+            error = ModelError(f"connection failed ({_cause(exc)})", retryable=True,
+                               kind="connection")
+        except (openai.APIResponseValidationError, json.JSONDecodeError, pydantic.ValidationError,
+                UnicodeDecodeError) as exc:
+            error = ModelError(f"malformed response body ({type(exc).__name__}: "
+                               f"{self._scrub(str(exc))[:200]})", retryable=True, kind="malformed")
+        except openai.OpenAIError as exc:
+            error = ModelError(f"{type(exc).__name__}: {self._scrub(str(exc))[:300]}",
+                               kind="other")
+        if error is not None:
+            # Raised outside the except block so the SDK exception (whose request carries the
+            # Authorization header) is not chained onto ours as __context__.
+            raise error
+        return self._response(completion)
+
+    def _response(self, completion: Any) -> ModelResponse:
+        # The SDK does not validate bodies: a non-JSON content type comes back as a str, a
+        # JSON body of the wrong shape as a half-filled model.
+        if not isinstance(completion, ChatCompletion):
+            raise ModelError(f"malformed response: expected a chat completion, got "
+                             f"{type(completion).__name__}", retryable=True, kind="malformed")
+        choices = getattr(completion, "choices", None)
+        if not choices:
+            raise ModelError("malformed response: no choices", retryable=True, kind="malformed")
+        choice = choices[0]
+        message = getattr(choice, "message", None)
+        if message is None or not isinstance(getattr(message, "content", None) or "", str):
+            raise ModelError("malformed response: choice has no message", retryable=True,
+                             kind="malformed")
+        usage = getattr(completion, "usage", None)  # absent usage is not an error
+        prompt_details = getattr(usage, "prompt_tokens_details", None)
+        completion_details = getattr(usage, "completion_tokens_details", None)
+        try:
+            raw = completion.model_dump(mode="json", exclude={"choices": {0: {"logprobs"}}})
+        except Exception:  # noqa: BLE001 - a half-constructed model may not dump cleanly
+            raw = None
         return ModelResponse(
-            text=choice.message.content or "",
-            model=completion.model or self.config.model,
-            tokens_in=usage.prompt_tokens if usage else None,
-            tokens_out=usage.completion_tokens if usage else None,
-            finish_reason=choice.finish_reason,
+            text=message.content or "",
+            model=getattr(completion, "model", None) or self.config.model,
+            tokens_in=_int(getattr(usage, "prompt_tokens", None)),
+            tokens_out=_int(getattr(usage, "completion_tokens", None)),
+            tokens_cached=_int(getattr(prompt_details, "cached_tokens", None)),
+            tokens_reasoning=_int(getattr(completion_details, "reasoning_tokens", None)),
+            finish_reason=getattr(choice, "finish_reason", None),
             logprobs=_logprobs(choice),
-            raw=completion.model_dump(mode="json", exclude={"choices": {0: {"logprobs"}}}),
+            raw=redact(raw, self._secrets),
         )
+
+    def _status_error(self, exc: openai.APIStatusError) -> ModelError:
+        status = exc.status_code
+        code, etype, message = _error_fields(exc)
+        kind, retryable = classify_status(status, code, etype, message)
+        headers = exc.response.headers if exc.response is not None else None
+        return ModelError(f"HTTP {status} ({kind}): {self._scrub(message)[:300]}",
+                          retryable=retryable, status=status, kind=kind,
+                          retry_after=retry_after_seconds(headers, status=status))
+
+    def _scrub(self, text: str) -> str:
+        return redact(text, self._secrets)
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -69,18 +156,32 @@ class OpenAIProvider(Provider):
             self._client = None
 
 
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def _logprobs(choice) -> list[TokenLogprob] | None:
     lp = getattr(choice, "logprobs", None)
-    if lp is None or not lp.content:
+    if lp is None or not getattr(lp, "content", None):
         return None
     return [TokenLogprob(t.token, t.logprob, {c.token: c.logprob for c in (t.top_logprobs or [])})
             for t in lp.content]
 
 
-def _short(exc: openai.APIStatusError) -> str:
+def _error_fields(exc: openai.APIStatusError) -> tuple[str | None, str | None, str]:
+    """(code, type, message) from an error body: {"error": {...}} or a bare {...} or text."""
     body = exc.body
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])[:300]
-    return str(exc.message)[:300]
+    err = body.get("error", body) if isinstance(body, dict) else None
+    if isinstance(err, dict):
+        message = err.get("message") or exc.message
+        code, etype = err.get("code"), err.get("type")
+        return (str(code) if code else None), (str(etype) if etype else None), str(message)
+    if isinstance(err, str):  # {"error": "text"} as some compatible servers send
+        return None, None, err
+    return None, None, str(body if isinstance(body, str) and body else exc.message)
+
+
+def _cause(exc: BaseException) -> str:
+    """The transport-level reason behind a connection error, without any request detail."""
+    cause = exc.__cause__ or exc.__context__
+    return type(cause).__name__ if cause is not None else type(exc).__name__

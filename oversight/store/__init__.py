@@ -6,13 +6,14 @@ import os
 from typing import Any, Iterable
 
 from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from .db import DEFAULT_DB, create_store_engine, resolve_url
 from .migrations import MIGRATIONS, migrate, schema_version
-from .tables import EpisodeRow, ItemRow, MessageRow, ModelCallRow, Run, VerdictRow, utcnow
+from .tables import CacheEntry, EpisodeRow, ItemRow, MessageRow, ModelCallRow, Run, VerdictRow, utcnow
 
-__all__ = ["Store", "Run", "ItemRow", "EpisodeRow", "MessageRow", "ModelCallRow", "VerdictRow",
+__all__ = ["Store", "Run", "ItemRow", "EpisodeRow", "MessageRow", "ModelCallRow", "VerdictRow", "CacheEntry",
            "DEFAULT_DB", "resolve_url", "migrate", "schema_version", "MIGRATIONS", "utcnow"]
 
 
@@ -66,7 +67,8 @@ class Store:
         """Create the episode row, or reset a previous incomplete attempt (its partial
         transcript is removed so nothing is done twice) and mark it running."""
         values = {**values, "status": "running", "started_at": utcnow(), "error": None,
-                  "finished_at": None, "n_calls": 0, "tokens_in": 0, "tokens_out": 0}
+                  "finished_at": None, "n_calls": 0, "tokens_in": 0, "tokens_out": 0,
+                  "tokens_cached": 0, "cost_usd": None, "cache_hits": 0}
         with self.engine.begin() as conn:
             if existing_id is not None:
                 for table in (VerdictRow, MessageRow, ModelCallRow):
@@ -91,6 +93,16 @@ class Store:
             conn.execute(update(EpisodeRow).where(EpisodeRow.id == episode_id).values(
                 status=status, error=error, finished_at=utcnow(), **totals))
 
+    def cache_get(self, key: str) -> dict | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(CacheEntry.response).where(CacheEntry.key == key)).scalar()
+
+    def cache_put(self, values: dict) -> None:
+        try:
+            self._exec(insert(CacheEntry).values(**values))
+        except IntegrityError:
+            pass  # two episodes raced to fill one key; the first answer stays
+
     # -- reads ----------------------------------------------------------------------------
     def runs(self) -> list[dict]:
         counts = (select(EpisodeRow.run_id, EpisodeRow.status, func.count())
@@ -112,7 +124,7 @@ class Store:
     def find_run(self, ref: str) -> str | None:
         """A run id from its full id, a unique prefix, or its name (the latest such run)."""
         with self.engine.connect() as conn:
-            ids = conn.execute(select(Run.id).where(Run.id.startswith(ref))).scalars().all()
+            ids = conn.execute(select(Run.id).where(Run.id.startswith(ref, autoescape=True))).scalars().all()
             if len(ids) == 1 or ref in ids:
                 return ref if ref in ids else ids[0]
             by_name = conn.execute(select(Run.id).where(Run.name == ref)
@@ -136,13 +148,26 @@ class Store:
         stmt = (select(EpisodeRow.id, EpisodeRow.run_id, EpisodeRow.protocol, EpisodeRow.variant,
                        EpisodeRow.item_id, EpisodeRow.assignment, EpisodeRow.roles,
                        EpisodeRow.status, EpisodeRow.n_calls, EpisodeRow.tokens_in,
-                       EpisodeRow.tokens_out, EpisodeRow.duration_s, VerdictRow.parsed,
+                       EpisodeRow.tokens_out, EpisodeRow.tokens_cached, EpisodeRow.cost_usd,
+                       EpisodeRow.cache_hits, EpisodeRow.dispositions, EpisodeRow.misaligned,
+                       EpisodeRow.duration_s, VerdictRow.parsed,
                        VerdictRow.chosen, VerdictRow.correct, VerdictRow.probabilities,
                        VerdictRow.flagged, VerdictRow.suspicion)
                 .join(VerdictRow, VerdictRow.episode_id == EpisodeRow.id, isouter=True)
                 .where(EpisodeRow.run_id.in_(run_ids)).order_by(EpisodeRow.id))
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(stmt).mappings()]
+
+    def run_spend(self, run_id: str) -> tuple[float, int]:
+        """(dollars, tokens) already spent by a run's real calls (cache hits are free)."""
+        stmt = (select(func.coalesce(func.sum(ModelCallRow.cost_usd), 0.0),
+                       func.coalesce(func.sum(func.coalesce(ModelCallRow.tokens_in, 0)
+                                              + func.coalesce(ModelCallRow.tokens_out, 0)), 0))
+                .join(EpisodeRow, EpisodeRow.id == ModelCallRow.episode_id)
+                .where(EpisodeRow.run_id == run_id, ModelCallRow.cache_hit.is_(False)))
+        with self.engine.connect() as conn:
+            usd, tokens = conn.execute(stmt).one()
+            return float(usd), int(tokens)
 
     def call_count(self, run_id: str | None = None) -> int:
         stmt = select(func.count()).select_from(ModelCallRow)

@@ -12,17 +12,37 @@ from typing import Callable
 from sqlalchemy import Connection, inspect, text
 from sqlmodel import SQLModel
 
-from .tables import utcnow
+from .tables import CacheEntry, utcnow
 
 Migration = Callable[[Connection], None]
 
 
 def m001_initial(conn: Connection) -> None:
-    """runs, items, episodes, messages, model_calls, verdicts (version 1)."""
+    """runs, items, episodes, messages, model_calls, verdicts (version 1).
+
+    Only ever applied to a fresh database, which gets today's tables (see migrate())."""
     SQLModel.metadata.create_all(conn)
 
 
-MIGRATIONS: list[Migration] = [m001_initial]
+def m002_costs_and_cache(conn: Connection) -> None:
+    """Cached/reasoning tokens, dollars, error kinds and cache hits; the response cache."""
+    for table, column, sql_type in [
+        ("episodes", "tokens_cached", "INTEGER NOT NULL DEFAULT 0"),
+        ("episodes", "cost_usd", "FLOAT"),
+        ("episodes", "cache_hits", "INTEGER NOT NULL DEFAULT 0"),
+        ("model_calls", "tokens_cached", "INTEGER"),
+        ("model_calls", "tokens_reasoning", "INTEGER"),
+        ("model_calls", "cost_usd", "FLOAT"),
+        ("model_calls", "error_kind", "VARCHAR"),
+        ("model_calls", "cache_key", "VARCHAR"),
+        ("model_calls", "cache_hit", "BOOLEAN NOT NULL DEFAULT false"),
+    ]:
+        conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_model_calls_cache_key ON model_calls (cache_key)"))
+    CacheEntry.__table__.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[Migration] = [m001_initial, m002_costs_and_cache]
 
 _LEDGER = "schema_migrations"
 

@@ -1,7 +1,8 @@
 """The store's tables: plain, documented columns that sqlite3, pandas and Datasette read as-is.
 
-JSON-valued columns hold JSON text. Times are UTC ISO-8601 strings. No column ever holds an API
-key or an auth header: requests are stored as the messages and parameters sent, nothing else.
+JSON-valued columns hold JSON text; an absent value is SQL NULL, never the text 'null'. Times
+are UTC ISO-8601 strings. No column ever holds an API key or an auth header: requests are
+stored as the messages and parameters sent, nothing else.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ class Run(SQLModel, table=True):
     spec_toml: str  # the spec file as written
     spec: dict = Field(sa_column=Column(JSON))  # the validated, expanded spec
     spec_hash: str = Field(index=True)
-    status: str = "created"  # created | running | finished | interrupted | failed
+    # created | running | finished | incomplete (some failed) | interrupted | budget_exhausted
+    status: str = "created"
     package_version: str
     created_at: str = Field(default_factory=utcnow)
     updated_at: str = Field(default_factory=utcnow)
@@ -65,7 +67,8 @@ class EpisodeRow(SQLModel, table=True):
     roles: dict = Field(sa_column=Column(JSON))  # role -> model alias
     models: dict = Field(sa_column=Column(JSON))  # alias -> public model config
     seed: int = 0
-    status: str = "pending"  # pending | running | done | failed | interrupted
+    # pending | running | done | failed | interrupted (Ctrl-C) | stopped (budget reached)
+    status: str = "pending"
     error: str | None = None
     started_at: str | None = None
     finished_at: str | None = None
@@ -73,6 +76,9 @@ class EpisodeRow(SQLModel, table=True):
     n_calls: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
+    tokens_cached: int = 0  # (m002)
+    cost_usd: float | None = None  # None when some call could not be priced (m002)
+    cache_hits: int = 0  # (m002)
 
 
 class MessageRow(SQLModel, table=True):
@@ -89,7 +95,7 @@ class MessageRow(SQLModel, table=True):
     model: str | None = None
     content: str  # what the model wrote
     shown: str  # what other roles are shown: quotes marked verified/unverified by the system
-    visible_to: list | None = Field(default=None, sa_column=Column(JSON))  # None = every role
+    visible_to: list | None = Field(default=None, sa_column=Column(JSON(none_as_null=True)))  # None = every role
     quotes: list = Field(default_factory=list, sa_column=Column(JSON))
     tokens_in: int | None = None
     tokens_out: int | None = None
@@ -107,13 +113,31 @@ class ModelCallRow(SQLModel, table=True):
     provider: str
     model: str
     request: dict = Field(sa_column=Column(JSON))  # messages and parameters; never a key
-    response: dict | None = Field(default=None, sa_column=Column(JSON))
+    response: dict | None = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
     text: str | None = None
     tokens_in: int | None = None
     tokens_out: int | None = None
     latency_s: float
     attempt: int = 1
     error: str | None = None
+    created_at: str = Field(default_factory=utcnow)
+    tokens_cached: int | None = None  # (m002)
+    tokens_reasoning: int | None = None  # (m002)
+    cost_usd: float | None = None  # (m002)
+    error_kind: str | None = None  # rate_limit, overloaded, timeout, … (m002)
+    cache_key: str | None = Field(default=None, index=True)  # (m002)
+    cache_hit: bool = False  # served from response_cache, no call made (m002)
+
+
+class CacheEntry(SQLModel, table=True):
+    """Response cache: canonical request hash (with sample index) -> response. (m002)"""
+
+    __tablename__ = "response_cache"
+    key: str = Field(primary_key=True)
+    provider: str
+    model: str = Field(index=True)
+    request: dict = Field(sa_column=Column(JSON))  # what the key was computed from
+    response: dict = Field(sa_column=Column(JSON))
     created_at: str = Field(default_factory=utcnow)
 
 
@@ -126,7 +150,7 @@ class VerdictRow(SQLModel, table=True):
     role: str
     parsed: bool
     chosen: int | None = None
-    probabilities: list | None = Field(default=None, sa_column=Column(JSON))
+    probabilities: list | None = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
     prob_source: str | None = None  # logprobs | elicited | None
     correct: bool | None = None  # None when unparsed
     flagged: bool | None = None

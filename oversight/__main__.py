@@ -1,0 +1,5 @@
+"""`python -m oversight` is the `oversight` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,230 @@
+"""The `oversight` command line.
+
+Only typer is imported at module level so `oversight --help` stays fast; the runner, store,
+numpy and the SDKs are imported inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="A lab bench for scalable-oversight research: run protocols over "
+                       "question sets and review every transcript and verdict.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+DbOpt = Annotated[str | None, typer.Option(
+    "--db", metavar="PATH|URL",
+    help="SQLite path or SQLAlchemy URL (default: $OVERSIGHT_DB, else runs/oversight.db)")]
+ProtoOpt = Annotated[list[Path] | None, typer.Option(
+    "--protocols", metavar="DIR", help="A folder of protocol modules (repeatable); its sibling prompts/ joins the prompt path")]
+PromptOpt = Annotated[list[Path] | None, typer.Option(
+    "--prompts", metavar="DIR", help="A folder of prompt templates (repeatable); searched before the built-ins")]
+
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+    return Console(stderr=stderr, highlight=False)
+
+
+def _fail(message: str) -> typer.Exit:
+    """Print `error: ...` on stderr (no traceback) and return the exit to raise."""
+    from rich.markup import escape  # messages quote spec text such as "[models.x]"
+    _console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    return typer.Exit(EXIT_USAGE)
+
+
+def _oversight_error(exc: Exception) -> typer.Exit:
+    from .errors import SpecError
+    if isinstance(exc, SpecError):
+        return _fail(f"{exc.file}: {exc.key}: {exc.message}")
+    return _fail(str(exc))
+
+
+def _plugins(protocols: list[Path] | None, prompts: list[Path] | None):
+    """Load built-in, installed and user protocols; a broken plugin is a usage error."""
+    from .plugins import load_all
+    from .protocol import ProtocolConflict
+    try:
+        return load_all(protocols or [], prompts or [])
+    except (ProtocolConflict, FileNotFoundError, SyntaxError, ImportError, TypeError) as exc:
+        raise _fail(f"loading protocols: {type(exc).__name__}: {exc}") from None
+
+
+def _store(db: str | None, *, create: bool = False):
+    """Open the store; read-only commands never create an empty database by accident."""
+    import os
+
+    from .store import DEFAULT_DB, Store
+    target = str(db or os.environ.get("OVERSIGHT_DB") or DEFAULT_DB)
+    if not create and "://" not in target and not Path(target).expanduser().exists():
+        raise _fail(f"no store at {target} (pass --db, set OVERSIGHT_DB, or start a run with "
+                    "`oversight run SPEC.toml`)")
+    return Store(db)
+
+
+def _safe_url(url: str) -> str:
+    """A store URL fit to print: a PostgreSQL password never reaches the terminal or logs."""
+    from sqlalchemy.engine import make_url
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _resolve_runs(store, refs: list[str]) -> list[str]:
+    ids = []
+    for ref in refs:
+        run_id = store.find_run(ref)
+        # find_run matches prefixes with SQL LIKE, where "_" and "%" are wildcards: keep only
+        # a real prefix or name match.
+        if run_id is not None and not run_id.startswith(ref) and store.run(run_id)["name"] != ref:
+            run_id = None
+        if run_id is None:
+            raise _fail(f"no run matches {ref!r} (give an id, a unique id prefix, or a run name; "
+                        f"see `oversight runs`)")
+        ids.append(run_id)
+    return list(dict.fromkeys(ids))
+
+
+def _print_report(store, run_ids: list[str]) -> None:
+    from .analysis import summarise
+    from .render import report_view
+    summaries = summarise(store.results(run_ids))
+    _console().print(report_view(summaries, [store.run(r) for r in run_ids]))
+
+
+@app.command()
+def run(spec: Annotated[Path, typer.Argument(metavar="SPEC.toml", help="The batch spec (TOML)")],
+        db: DbOpt = None,
+        limit: Annotated[int | None, typer.Option(min=1, metavar="N", help="At most N items per dataset")] = None,
+        retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run failed episodes again")] = False,
+        protocols: ProtoOpt = None, prompts: PromptOpt = None,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display")] = False) -> None:
+    """Run a batch spec; re-running the same spec resumes it (finished episodes are skipped)."""
+    import asyncio
+
+    from .errors import OversightError
+    from .spec import load_spec
+
+    registry, library = _plugins(protocols, prompts)
+    try:
+        loaded = load_spec(spec, registry, limit=limit)  # every check before any call or db write
+    except OversightError as exc:
+        raise _oversight_error(exc) from None
+
+    from rich.markup import escape
+
+    from .runner import run_batch
+    store = _store(db, create=True)
+    err = _console(stderr=True)
+    err.print(f"[bold]{loaded.run_id}[/]: {len(loaded.plans)} episodes "
+              f"({len(loaded.items)} items) → {escape(_safe_url(store.url))}")
+    try:
+        from .progress import QuietProgress, RichProgress
+        progress = QuietProgress(err) if quiet else RichProgress(err)
+        with progress:
+            summary = asyncio.run(run_batch(loaded, store, library, retry_failed=retry_failed,
+                                            progress=progress))
+    except KeyboardInterrupt:
+        err.print("\n[yellow]interrupted.[/] The store is consistent: finished episodes are kept "
+                  "and the ones in flight will be redone. Re-run the same command to resume.")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except OversightError as exc:
+        raise _oversight_error(exc) from None
+
+    _print_report(store, [summary.run_id])
+    if summary.status != "finished":
+        states = [s for _, s in store.episode_status(summary.run_id).values()]
+        if summary.status == "budget_exhausted":
+            err.print(f"[yellow]budget exhausted:[/] {len(states) - states.count('done')} episode(s) "
+                      "not finished; raise \\[budget] in the spec and re-run to continue.")
+        if states.count("failed"):
+            err.print(f"[red]{states.count('failed')} episode(s) failed[/] (see `oversight show ID`); "
+                      "re-run with --retry-failed to try them again.")
+        raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def runs(db: DbOpt = None) -> None:
+    """List the runs in the store."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from .render import fmt_counts
+    rows = _store(db).runs()
+    if not rows:
+        _console().print("no runs yet (start one with `oversight run SPEC.toml`)")
+        return
+    t = Table()
+    for col in ("id", "name", "status", "episodes", "created"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(*(Text(x) for x in (r["id"], r["name"], r["status"], fmt_counts(r["episodes"]),
+                                       r["created_at"][:19].replace("T", " "))))
+    _console().print(t)
+
+
+def _first_sentence(doc: str) -> str:
+    para = " ".join(doc.strip().split("\n\n")[0].split())
+    cut = para.find(". ")
+    return para if cut < 0 else para[:cut + 1]
+
+
+@app.command("protocols")
+def list_protocols(protocols: ProtoOpt = None, prompts: PromptOpt = None) -> None:
+    """List the registered protocols: roles, schedule, parameters and where each comes from."""
+    from rich.table import Table
+    from rich.text import Text
+    registry, _ = _plugins(protocols, prompts)
+    t = Table(show_lines=True, caption=Text("(context): reads the hidden context; (judge): its "
+                                            "decision is the verdict"), caption_justify="left")
+    t.add_column("protocol", ratio=3, overflow="fold")
+    for col in ("roles", "schedule", "params"):
+        t.add_column(col, ratio=2, overflow="fold")
+    for name, p in sorted(registry.items()):
+        params = "\n".join(f"{k}={f.default!r}" for k, f in p.params.model_fields.items()) or "—"
+        # Protocols without a function docstring are documented by their module (debate).
+        doc = p.doc or (getattr(sys.modules.get(p.fn.__module__), "__doc__", None) or "")
+        source = p.source
+        try:
+            source = str(Path(source).resolve().relative_to(Path.cwd()))
+        except ValueError:
+            pass
+        roles = "\n".join(r + (" (context)" if r in p.context_roles else "")
+                          + (" (judge)" if r == p.judge else "") for r in p.roles)
+        t.add_row(Text.assemble((name, "bold"), "\n", _first_sentence(doc), "\n", (source, "dim")),
+                  Text(roles), Text(getattr(p.schedule, "__name__", str(p.schedule))), Text(params))
+    _console().print(t)
+
+
+@app.command()
+def show(episode_id: Annotated[int, typer.Argument(metavar="EPISODE_ID", help="Episode id (see `oversight report`)")],
+         db: DbOpt = None,
+         raw: Annotated[bool, typer.Option("--raw", help="The text each model wrote, unmarked, "
+                                           "and the full hidden context")] = False) -> None:
+    """Show one episode: item, hidden context, assignment, transcript with checked quotes, verdict."""
+    from .render import episode_view
+    data = _store(db).episode(episode_id)
+    if data is None:
+        raise _fail(f"no episode {episode_id} in this store")
+    _console().print(episode_view(data, raw=raw))
+
+
+@app.command()
+def report(run_refs: Annotated[list[str], typer.Argument(
+               metavar="RUN", help="Run id, unique id prefix, or run name (latest)")],
+           db: DbOpt = None) -> None:
+    """Judge accuracy with bootstrap CIs, unparsed counts and tokens, per run and variant."""
+    store = _store(db)
+    _print_report(store, _resolve_runs(store, run_refs))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

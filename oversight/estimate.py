@@ -1,0 +1,87 @@
+"""`oversight run --dry-run`: episodes, calls, tokens and dollars, without calling anything.
+
+The protocols themselves are run against a stand-in provider that answers instantly with
+text of a chosen length, so the estimate counts exactly the calls and prompts the real run
+would make (a protocol that branches on what agents say may differ). The low end assumes
+replies of LOW_FRACTION of max_tokens, the high end replies of the full max_tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from .episode import Episode
+from .models import Model, ModelConfig, ModelRequest, ModelResponse, Provider
+from .models.pricing import Price, price_for
+from .prompts import PromptLibrary
+from .spec import EpisodePlan
+
+LOW_FRACTION = 0.3
+_FILLER = "word "
+
+
+class _Estimator(Provider):
+    """Answers at once with a parseable verdict padded to a fixed share of max_tokens."""
+
+    def __init__(self, config: ModelConfig, fraction: float):
+        super().__init__(config)
+        self.fraction = fraction
+        self.calls = self.tokens_in = self.tokens_out = 0
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        n_out = max(1, round(request.max_tokens * self.fraction))
+        # ~4 characters a token, plus a few tokens of chat framing per message
+        prompt_tokens = sum(len(c) for _, c in request.messages) // 4 + 4 * len(request.messages)
+        self.calls += 1
+        self.tokens_in += prompt_tokens
+        self.tokens_out += n_out
+        text = "Answer: A\nConfidence: 50%\n" + _FILLER * max(0, n_out - 8)
+        return ModelResponse(text=text, tokens_in=prompt_tokens, tokens_out=n_out)
+
+
+@dataclass
+class ModelEstimate:
+    calls: int = 0
+    tokens_in: tuple[int, int] = (0, 0)
+    tokens_out: tuple[int, int] = (0, 0)
+    price: Price | None = None
+
+    def cost(self) -> tuple[float, float] | None:
+        if self.price is None:
+            return None
+        return tuple((i * self.price.input + o * self.price.output) / 1e6
+                     for i, o in zip(self.tokens_in, self.tokens_out))
+
+
+@dataclass
+class Estimate:
+    episodes: int
+    skipped: int
+    per_model: dict[str, ModelEstimate] = field(default_factory=dict)
+
+
+async def _simulate(plans: list[EpisodePlan], configs: dict[str, ModelConfig], prompts: PromptLibrary,
+                    fraction: float) -> dict[str, tuple[int, int, int]]:
+    """alias -> (calls, tokens in, tokens out) if every reply were `fraction` of max_tokens."""
+    stand_ins = {a: _Estimator(c, fraction) for a, c in configs.items()}
+    models = {a: Model(a, c, provider=stand_ins[a]) for a, c in configs.items()}
+    for plan in plans:
+        ep = Episode(item=plan.item, protocol=plan.protocol, params=plan.params,
+                     models={r: models[a] for r, a in plan.roles.items()},
+                     assignment=dict(plan.assignment.answers), dispositions=plan.dispositions,
+                     prompts=prompts)
+        await plan.protocol.fn(ep, **plan.params.model_dump())
+    return {a: (p.calls, p.tokens_in, p.tokens_out) for a, p in stand_ins.items()}
+
+
+def estimate(plans: list[EpisodePlan], skipped: int, configs: dict[str, ModelConfig],
+             prompts: PromptLibrary) -> Estimate:
+    low = asyncio.run(_simulate(plans, configs, prompts, LOW_FRACTION))
+    high = asyncio.run(_simulate(plans, configs, prompts, 1.0))
+    result = Estimate(episodes=len(plans), skipped=skipped)
+    for alias, cfg in configs.items():
+        result.per_model[alias] = ModelEstimate(
+            calls=high[alias][0], tokens_in=(low[alias][1], high[alias][1]),
+            tokens_out=(low[alias][2], high[alias][2]), price=price_for(cfg))
+    return result

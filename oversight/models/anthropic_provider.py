@@ -1,0 +1,195 @@
+"""Anthropic messages through the official SDK (`anthropic.AsyncAnthropic`).
+
+System turns of the request go to the top-level `system` field (joined by blank lines); the
+rest become `messages`. Failures become `ModelError`s classified for the one retry layer above
+(the SDK's own retries are off): see headers.classify_status; 529 / `overloaded_error` is
+`overloaded` and retryable. Anthropic returns no log-probabilities, so `logprobs` is None and
+verdicts fall back to elicited confidence.
+
+No sampling parameters are sent: the SDK (>= 1.0) has no `temperature`/`top_p`/`top_k`
+arguments, and the API version it speaks since 2.0 (`anthropic-version: 2026-10-21`) answers
+any of them, at any value, with a 400. `ModelRequest.temperature` is therefore not honoured
+here. Whoever needs it on an older model can set options `extra_headers`
+{"anthropic-version": "2023-06-01"} and `extra_body` {"temperature": 0.7}.
+
+Options read from `config.options`: `timeout` (seconds per attempt; default: the config's
+`timeout`), `thinking` (passed through, e.g. {"type": "adaptive"}), `metadata`, `extra_body`
+(merged into the JSON body), `extra_headers` (merged into the request headers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import anthropic
+import pydantic
+from anthropic.types import Message
+
+from ..errors import ModelError
+from .base import ModelConfig, ModelRequest, ModelResponse, Provider
+from .headers import attempt_timeout, classify_status, redact, retry_after_seconds
+
+__all__ = ["AnthropicProvider"]
+
+
+class AnthropicProvider(Provider):
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        self._client: anthropic.AsyncAnthropic | None = None
+        self._secrets: tuple[str, ...] = ()
+
+    def _make_client(self) -> anthropic.AsyncAnthropic:
+        base_url = self.config.base_url
+        env = self.config.api_key_env or ("ANTHROPIC_API_KEY" if base_url is None else None)
+        key = os.environ.get(env) if env else None
+        if env and not key and base_url is None:
+            raise ModelError(f"environment variable {env} is not set (needed by model "
+                             f"{self.config.model!r})", kind="auth")
+        self._secrets = (key,) if key else ()
+        # Always an explicit api_key: without one the SDK goes looking on its own (other env
+        # variables, profile files on disk, workload-identity federation).
+        # max_retries=0: the SDK must not retry behind our back; one retry layer sees every attempt.
+        return anthropic.AsyncAnthropic(api_key=key or "not-needed", base_url=base_url,
+                                        max_retries=0, open_telemetry=False,
+                                        timeout=attempt_timeout(self.config))
+
+    async def start(self) -> None:
+        if self._client is None:
+            self._client = self._make_client()
+
+    def _kwargs(self, request: ModelRequest) -> dict[str, Any]:
+        opts = self.config.options
+        system = [c for r, c in request.messages if r == "system"]
+        messages: list[dict[str, str]] = []
+        for role, content in request.messages:
+            if role == "system":
+                continue
+            role = "assistant" if role == "assistant" else "user"
+            if messages and messages[-1]["role"] == role:  # the API wants alternating turns
+                messages[-1]["content"] += "\n\n" + content
+            else:
+                messages.append({"role": role, "content": content})
+        kwargs: dict[str, Any] = {"model": self.config.model, "max_tokens": request.max_tokens,
+                                      "messages": messages}
+        if system:
+            kwargs["system"] = "\n\n".join(system)
+        # No temperature: see the module docstring.
+        # The API rejects whitespace-only stop sequences (400); they are dropped.
+        stops = [s for s in request.stop if s.strip()]
+        if stops:
+            kwargs["stop_sequences"] = stops
+        for name in ("thinking", "metadata"):
+            if opts.get(name) is not None:
+                kwargs[name] = opts[name]
+        for name in ("extra_body", "extra_headers"):
+            if opts.get(name):
+                kwargs[name] = dict(opts[name])
+        return kwargs
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        await self.start()
+        error: ModelError | None = None
+        try:
+            message = await self._client.messages.create(**self._kwargs(request))
+        except anthropic.APIStatusError as exc:
+            error = self._status_error(exc)
+        except anthropic.APITimeoutError as exc:  # before APIConnectionError: it is a subclass
+            error = ModelError(f"request timed out ({type(exc).__name__})", retryable=True,
+                               kind="timeout")
+        except anthropic.APIConnectionError as exc:
+            cause = exc.__cause__ or exc.__context__
+            error = ModelError(f"connection failed ({type(cause or exc).__name__})",
+                               retryable=True, kind="connection")
+        except (anthropic.APIResponseValidationError, json.JSONDecodeError,
+                pydantic.ValidationError, UnicodeDecodeError) as exc:
+            error = ModelError(f"malformed response body ({type(exc).__name__}: "
+                               f"{self._scrub(str(exc))[:200]})", retryable=True, kind="malformed")
+        except anthropic.AnthropicError as exc:
+            error = ModelError(f"{type(exc).__name__}: {self._scrub(str(exc))[:300]}",
+                               kind="other")
+        if error is not None:
+            # Raised outside the except block so the SDK exception (whose request carries the
+            # x-api-key header) is not chained onto ours as __context__.
+            raise error
+        return self._response(message)
+
+    def _response(self, message: Any) -> ModelResponse:
+        # The SDK does not validate bodies: a non-JSON content type comes back as a str, a
+        # JSON body of the wrong shape as a half-filled model.
+        if not isinstance(message, Message):
+            raise ModelError(f"malformed response: expected a message, got "
+                             f"{type(message).__name__}", retryable=True, kind="malformed")
+        content = getattr(message, "content", None)
+        if not isinstance(content, list):
+            raise ModelError("malformed response: no content", retryable=True, kind="malformed")
+        texts = [b.text for b in content if getattr(b, "type", None) == "text"
+                 and isinstance(getattr(b, "text", None), str)]
+        stop = getattr(message, "stop_reason", None)
+        if not texts and stop not in ("max_tokens", "refusal", "tool_use", "pause_turn"):
+            # An answer with no text at all that did not stop for a reason is broken, not empty.
+            raise ModelError("malformed response: no text content", retryable=True,
+                             kind="malformed")
+        usage = getattr(message, "usage", None)  # absent usage is not an error
+        fresh = _int(getattr(usage, "input_tokens", None))
+        cache_read = _int(getattr(usage, "cache_read_input_tokens", None))
+        cache_write = _int(getattr(usage, "cache_creation_input_tokens", None))
+        # Anthropic splits the prompt three ways: `input_tokens` counts only the tokens after
+        # the last cache breakpoint; cache reads and cache writes are reported beside it. Like
+        # OpenAI's prompt_tokens, tokens_in here is the whole prompt (all three), and
+        # tokens_cached the part served from the cache, so cost and context size compare
+        # across providers. (Cache writes are billed at a premium; raw keeps the split.)
+        tokens_in = None if fresh is None else fresh + (cache_read or 0) + (cache_write or 0)
+        try:
+            raw = message.model_dump(mode="json")
+        except Exception:  # noqa: BLE001 - a half-constructed model may not dump cleanly
+            raw = None
+        return ModelResponse(
+            text="".join(texts),
+            model=getattr(message, "model", None) or self.config.model,
+            tokens_in=tokens_in,
+            tokens_out=_int(getattr(usage, "output_tokens", None)),
+            tokens_cached=cache_read,
+            # Thinking tokens are part of output_tokens; the details split them out.
+            tokens_reasoning=_int(getattr(getattr(usage, "output_tokens_details", None),
+                                          "thinking_tokens", None)),
+            finish_reason=stop,
+            logprobs=None,
+            raw=redact(raw, self._secrets),
+        )
+
+    def _status_error(self, exc: anthropic.APIStatusError) -> ModelError:
+        status = exc.status_code
+        etype, message = _error_fields(exc)
+        kind, retryable = classify_status(status, etype, message)
+        if etype == "overloaded_error":
+            kind, retryable = "overloaded", True
+        headers = exc.response.headers if exc.response is not None else None
+        return ModelError(f"HTTP {status} ({kind}): {self._scrub(message)[:300]}",
+                          retryable=retryable, status=status, kind=kind,
+                          retry_after=retry_after_seconds(headers, status=status))
+
+    def _scrub(self, text: str) -> str:
+        return redact(text, self._secrets)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _error_fields(exc: anthropic.APIStatusError) -> tuple[str | None, str]:
+    """(type, message) from {"type": "error", "error": {"type", "message"}} or plain text."""
+    body = exc.body
+    err = body.get("error", body) if isinstance(body, dict) else None
+    if isinstance(err, dict):
+        etype = err.get("type")
+        return (str(etype) if etype else None), str(err.get("message") or exc.message)
+    if isinstance(err, str):
+        return None, err
+    return None, str(body if isinstance(body, str) and body else exc.message)

@@ -1,0 +1,206 @@
+"""A configured model: the one place where caching, budget, limits and retries happen.
+
+Order of a call: cache lookup -> (per attempt) budget check, server cool-down, RPM/TPM
+limiters, concurrency slots, provider call. Every attempt, failed or not, goes to the sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Protocol
+
+from tenacity import (AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt,
+                      stop_before_delay, wait_exponential_jitter)
+
+from ..errors import ModelError
+from .base import ModelConfig, ModelRequest, ModelResponse, Provider
+from .pricing import cost_usd, price_for
+
+
+@dataclass
+class CallRecord:
+    """One attempt at a model call, as the store records it (never a secret)."""
+
+    provider: str
+    model: str
+    request: dict
+    response: ModelResponse | None
+    latency: float
+    attempt: int
+    error: str | None = None
+    error_kind: str | None = None
+    cost_usd: float | None = None
+    cache_key: str | None = None
+    cache_hit: bool = False
+
+
+CallSink = Callable[[CallRecord], Awaitable[None] | None]
+
+
+class ResponseCache(Protocol):
+    async def get(self, key: str) -> ModelResponse | None: ...
+    async def put(self, key: str, config: ModelConfig, request: ModelRequest, response: ModelResponse) -> None: ...
+
+
+class BudgetExhausted(ModelError):
+    def __init__(self, message: str):
+        super().__init__(message, retryable=False, kind="budget")
+
+
+class Budget:
+    """Run-wide caps. Checked before each attempt starts; calls in flight are not cut."""
+
+    def __init__(self, usd: float | None = None, tokens: int | None = None, spent_usd: float = 0.0,
+                 spent_tokens: int = 0):
+        self.usd, self.tokens = usd, tokens
+        self.spent_usd, self.spent_tokens = spent_usd, spent_tokens
+
+    @property
+    def exhausted(self) -> bool:
+        return ((self.usd is not None and self.spent_usd >= self.usd)
+                or (self.tokens is not None and self.spent_tokens >= self.tokens))
+
+    def check(self) -> None:
+        if self.exhausted:
+            raise BudgetExhausted(f"budget reached: ${self.spent_usd:.4f} of "
+                                  f"{'$%.4f' % self.usd if self.usd is not None else 'no $ cap'}, "
+                                  f"{self.spent_tokens} of {self.tokens or 'no'} token cap")
+
+    def add(self, usd: float | None, tokens: int) -> None:
+        self.spent_usd += usd or 0.0
+        self.spent_tokens += tokens
+
+
+def cache_key(config: ModelConfig, request: ModelRequest, sample: int) -> str:
+    """Everything that changes the output, plus a sample index so that temperature > 0
+    sampling of the same request is not collapsed into one answer."""
+    canonical = {"provider": config.provider, "model": config.model, "base_url": config.base_url,
+                 "request": request.as_dict(), "options": config.output_options(), "sample": sample}
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+_endpoint_slots: dict[tuple[str, str | None], asyncio.Semaphore] = {}
+
+
+def _endpoint_semaphore(config: ModelConfig) -> asyncio.Semaphore | None:
+    if config.endpoint_concurrency is None:
+        return None
+    key = (config.provider, config.base_url)
+    if key not in _endpoint_slots:
+        _endpoint_slots[key] = asyncio.Semaphore(config.endpoint_concurrency)
+    return _endpoint_slots[key]
+
+
+class Model:
+    """A provider plus this model's caps, cache, budget and retry policy."""
+
+    def __init__(self, name: str, config: ModelConfig, provider: Provider | None = None, *,
+                 cache: ResponseCache | None = None, budget: Budget | None = None):
+        from . import provider_class  # late: the registry lives in the package module
+
+        self.name, self.config = name, config
+        self.provider = provider or provider_class(config.provider)(config)
+        self.cache, self.budget = cache, budget
+        self.price = price_for(config)
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self._endpoint = _endpoint_semaphore(config)
+        self._cooldown_until = 0.0
+        self._rpm = self._tpm = None
+        if config.rpm or config.tpm:
+            from aiolimiter import AsyncLimiter  # only runs that set limits pay for the import
+
+            self._rpm = AsyncLimiter(config.rpm, 60) if config.rpm else None
+            self._tpm = AsyncLimiter(config.tpm, 60) if config.tpm else None
+        self._started = False
+        self._start_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        async with self._start_lock:
+            if not self._started:
+                await self.provider.start()
+                self._started = True
+
+    async def complete(self, request: ModelRequest, sink: CallSink | None = None,
+                       sample: int = 0) -> ModelResponse:
+        key = cache_key(self.config, request, sample) if self.cache is not None else None
+        if key is not None:
+            hit = await self.cache.get(key)
+            if hit is not None:
+                await _emit(sink, CallRecord(self.config.provider, self.config.model, request.as_dict(),
+                                             hit, 0.0, 0, cache_key=key, cache_hit=True))
+                return hit
+        await self.start()
+        policy = self.config.retry
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(policy.max_attempts) | stop_before_delay(policy.max_seconds),
+            wait=self._wait, retry=retry_if_exception(lambda e: isinstance(e, ModelError) and e.retryable),
+            reraise=True)
+        async for attempt in retrying:
+            with attempt:
+                response = await self._attempt(request, attempt.retry_state.attempt_number, key, sink)
+        if key is not None:
+            await self.cache.put(key, self.config, request, response)
+        return response
+
+    async def _attempt(self, request: ModelRequest, number: int, key: str | None,
+                       sink: CallSink | None) -> ModelResponse:
+        if self.budget is not None:
+            self.budget.check()
+        if (pause := self._cooldown_until - time.monotonic()) > 0:
+            await asyncio.sleep(pause)  # the server asked every caller to wait, not just one
+        if self._rpm is not None:
+            await self._rpm.acquire()
+        if self._tpm is not None:
+            await self._tpm.acquire(min(self._tpm.max_rate, _estimate_tokens(request)))
+        async with self._slots:
+            if self._endpoint is not None:
+                await self._endpoint.acquire()
+            t0 = time.perf_counter()
+            try:
+                response = await self.provider.complete(request)
+            except ModelError as exc:
+                if exc.retry_after and exc.kind == "rate_limit":
+                    self._cooldown_until = max(self._cooldown_until, time.monotonic() + exc.retry_after)
+                await _emit(sink, CallRecord(self.config.provider, self.config.model, request.as_dict(),
+                                             None, time.perf_counter() - t0, number, str(exc),
+                                             exc.kind, cache_key=key))
+                raise
+            finally:
+                if self._endpoint is not None:
+                    self._endpoint.release()
+        cost = cost_usd(response, self.price)
+        if self.budget is not None:
+            self.budget.add(cost, (response.tokens_in or 0) + (response.tokens_out or 0))
+        await _emit(sink, CallRecord(self.config.provider, self.config.model, request.as_dict(),
+                                     response, time.perf_counter() - t0, number, cost_usd=cost,
+                                     cache_key=key))
+        return response
+
+    def _wait(self, state: RetryCallState) -> float:
+        """Honour the server's Retry-After; otherwise exponential backoff with full jitter."""
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, ModelError) and exc.retry_after is not None:
+            return min(exc.retry_after, self.config.retry.max_seconds)
+        policy = self.config.retry
+        return wait_exponential_jitter(initial=policy.backoff_initial, max=policy.backoff_max)(state)
+
+    async def aclose(self) -> None:
+        if self._started:
+            await self.provider.aclose()
+            self._started = False
+
+
+def _estimate_tokens(request: ModelRequest) -> int:
+    # ~4 characters a token for English text; the output side is bounded by max_tokens.
+    return sum(len(c) for _, c in request.messages) // 4 + request.max_tokens
+
+
+async def _emit(sink: CallSink | None, record: CallRecord) -> None:
+    if sink is not None:
+        result = sink(record)
+        if asyncio.iscoroutine(result):
+            await result

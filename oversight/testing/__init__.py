@@ -1,0 +1,1 @@
+"""Test and benchmark helpers (a fault-injecting fake OpenAI/Anthropic server)."""

@@ -1,0 +1,289 @@
+"""The store: migrations, resume without repeated calls, interrupted episodes, --limit growth,
+and no secrets on disk. Runs use mock models (the HTTP layer is not under test here)."""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from pathlib import Path
+
+import pytest
+from enginekit import mock, rows, run, scalar, write_spec
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import SQLModel
+
+from oversight.items import load_dataset
+from oversight.store import MIGRATIONS, Store, migrate, schema_version
+
+VERDICT = "Answer: A\nConfidence: 70%"
+DATA = Path(__file__).parent / "data"
+CONTENT_TABLES = ("runs", "items", "episodes", "messages", "model_calls", "verdicts")
+
+
+def table_names(db: Path) -> set[str]:
+    return {r["name"] for r in rows(db, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def columns(db: Path, table: str) -> list[str]:
+    return [r["name"] for r in rows(db, f"PRAGMA table_info({table})")]
+
+
+def counts(db: Path) -> dict[str, int]:
+    return {t: scalar(db, f"SELECT COUNT(*) FROM {t}") for t in CONTENT_TABLES}
+
+
+def dump(db: Path, table: str, cols: list[str] | None = None) -> list[tuple]:
+    cols = cols or columns(db, table)
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(f"SELECT {', '.join(cols)} FROM {table} ORDER BY 1").fetchall()
+    finally:
+        con.close()
+
+
+def mixed_spec(tmp_path: Path, name: str = "mixed", **kw) -> Path:
+    """direct + consultancy + debate on boolq: 1 + 2 + 2 episodes per item."""
+    return write_spec(
+        tmp_path / f"{name}.toml", name=name, datasets=["boolq"], **kw,
+        models={"j": mock([VERDICT]), "adv": mock(["I argue <quote>magnesium</quote>."])},
+        protocols=[{"name": "direct", "roles": {"judge": "j"}},
+                   {"name": "consultancy", "roles": {"consultant": "adv", "judge": "j"}},
+                   {"name": "debate", "params": {"rounds": 2},
+                    "roles": {"debater_a": "adv", "debater_b": "adv", "judge": "j"}}])
+
+
+# -- schema and migrations ----------------------------------------------------------------
+
+def test_fresh_database_is_fully_migrated(tmp_path):
+    db = tmp_path / "fresh.db"
+    store = Store(db)
+    try:
+        names = [r["name"] for r in rows(db, "SELECT name FROM schema_migrations ORDER BY name")]
+        assert names == sorted(m.__name__ for m in MIGRATIONS)
+        assert len(set(names)) == len(MIGRATIONS)
+        assert table_names(db) >= set(SQLModel.metadata.tables) | {"schema_migrations"}
+        assert set(CONTENT_TABLES) <= table_names(db)
+        for name, table in SQLModel.metadata.tables.items():  # every model column exists
+            assert set(table.columns.keys()) <= set(columns(db, name)), name
+        assert scalar(db, "PRAGMA journal_mode") == "wal"  # persistent in the file
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() > 0
+            assert schema_version(conn) == len(MIGRATIONS)
+    finally:
+        store.close()
+
+
+def test_foreign_keys_are_enforced(tmp_path):
+    store = Store(tmp_path / "fk.db")
+    try:
+        with pytest.raises(IntegrityError):
+            store.add_message({"episode_id": 12345, "idx": 0, "role": "judge", "content": "x",
+                               "shown": "x", "quotes": []})
+    finally:
+        store.close()
+
+
+def test_opening_twice_applies_nothing_new(tmp_path):
+    db = tmp_path / "twice.db"
+    Store(db).close()
+    before = dump(db, "schema_migrations")
+    store = Store(db)
+    try:
+        with store.engine.begin() as conn:
+            assert migrate(conn) == []
+    finally:
+        store.close()
+    assert dump(db, "schema_migrations") == before
+
+
+def test_an_appended_migration_upgrades_an_existing_database_keeping_rows(tmp_path):
+    db = tmp_path / "old.db"
+    run(mixed_spec(tmp_path, limit=2), db)
+    before = {t: dump(db, t) for t in CONTENT_TABLES}
+    old_cols = {t: columns(db, t) for t in CONTENT_TABLES}
+    assert all(before[t] for t in CONTENT_TABLES)
+
+    def m999_reviewer_notes(conn):
+        """A later version adds a column."""
+        conn.execute(text("ALTER TABLE episodes ADD COLUMN reviewer_note VARCHAR DEFAULT 'none'"))
+
+    store = Store(db)
+    try:
+        with store.engine.begin() as conn:
+            assert migrate(conn, [*MIGRATIONS, m999_reviewer_notes]) == ["m999_reviewer_notes"]
+        with store.engine.begin() as conn:
+            assert migrate(conn, [*MIGRATIONS, m999_reviewer_notes]) == []
+            assert schema_version(conn) == len(MIGRATIONS) + 1
+    finally:
+        store.close()
+    assert "reviewer_note" in columns(db, "episodes")
+    assert {r["reviewer_note"] for r in rows(db, "SELECT reviewer_note FROM episodes")} == {"none"}
+    for t in CONTENT_TABLES:
+        assert dump(db, t, old_cols[t]) == before[t], t
+    # The upgraded database still opens and resumes with the normal migration list.
+    again = run(mixed_spec(tmp_path, limit=2), db)
+    assert again.total_calls() == 0
+
+
+def test_a_version_1_database_upgrades_with_nothing_lost(tmp_path):
+    """tests/data/store_v1.sql: a database written by version 1 (m001 only), as a SQL dump."""
+    db = tmp_path / "v1.db"
+    con = sqlite3.connect(db)
+    con.executescript((DATA / "store_v1.sql").read_text(encoding="utf-8"))
+    con.close()
+    assert [r["name"] for r in rows(db, "SELECT name FROM schema_migrations")] == ["m001_initial"]
+    before = {t: dump(db, t) for t in CONTENT_TABLES}
+    old_cols = {t: columns(db, t) for t in CONTENT_TABLES}
+    assert all(before[t] for t in ("runs", "episodes", "messages", "verdicts"))
+
+    store = Store(db)
+    try:
+        assert {r["name"] for r in rows(db, "SELECT name FROM schema_migrations")} == \
+            {m.__name__ for m in MIGRATIONS}
+        for name, table in SQLModel.metadata.tables.items():
+            assert set(table.columns.keys()) <= set(columns(db, name)), name
+        for t in CONTENT_TABLES:
+            assert dump(db, t, old_cols[t]) == before[t], t
+        # Old rows read back through today's code.
+        run_id = rows(db, "SELECT id FROM runs")[0]["id"]
+        results = store.results([run_id])
+        assert len(results) == len(before["episodes"])
+        assert any(r["parsed"] for r in results)
+    finally:
+        store.close()
+
+
+# -- resume ---------------------------------------------------------------------------------
+
+def test_resume_makes_zero_calls_and_writes_nothing(tmp_path):
+    db = tmp_path / "o.db"
+    spec = mixed_spec(tmp_path, limit=2)
+    first = run(spec, db)
+    n_episodes = 2 * (1 + 2 + 2)
+    assert first.summary.counts == {"done": n_episodes}
+    # direct 1 call, consultancy 2, debate 2 rounds x 2 debaters + judge = 5; per item
+    expected_calls = 2 * (1 + 2 * 2 + 2 * 5)
+    assert first.total_calls() == expected_calls
+    assert scalar(db, "SELECT COUNT(*) FROM model_calls") == expected_calls
+    assert scalar(db, "SELECT SUM(n_calls) FROM episodes") == expected_calls
+    before = counts(db)
+    snapshot = {t: dump(db, t) for t in ("episodes", "messages", "model_calls", "verdicts")}
+
+    second = run(spec, db)
+    assert second.total_calls() == 0
+    assert second.summary.skipped == n_episodes and second.summary.counts == {}
+    assert second.summary.status == "finished"
+    assert counts(db) == before
+    for t, old in snapshot.items():
+        assert dump(db, t) == old, t
+
+
+def test_an_episode_left_running_is_redone_cleanly(tmp_path):
+    db = tmp_path / "o.db"
+    spec = mixed_spec(tmp_path, limit=1)
+    run(spec, db)
+    ep = rows(db, "SELECT id, key FROM episodes WHERE protocol = 'debate' ORDER BY id LIMIT 1")[0]
+    n_msgs = scalar(db, "SELECT COUNT(*) FROM messages WHERE episode_id = ?", ep["id"])
+    assert n_msgs == 5
+    # Simulate a kill -9 mid-episode: status still 'running', the judge never spoke, no verdict.
+    con = sqlite3.connect(db)
+    with con:
+        con.execute("UPDATE episodes SET status = 'running', finished_at = NULL WHERE id = ?", (ep["id"],))
+        con.execute("DELETE FROM verdicts WHERE episode_id = ?", (ep["id"],))
+        con.execute("DELETE FROM messages WHERE episode_id = ? AND role = 'judge'", (ep["id"],))
+        con.execute("DELETE FROM model_calls WHERE episode_id = ? AND role = 'judge'", (ep["id"],))
+    con.close()
+    # (column 1 of messages and verdicts is episode_id)
+    others = {t: [r for r in dump(db, t) if r[1] != ep["id"]] for t in ("messages", "verdicts")}
+
+    again = run(spec, db)
+    assert again.summary.counts == {"done": 1}
+    assert again.total_calls() == 5  # the whole episode, once
+    assert scalar(db, "SELECT COUNT(*) FROM episodes WHERE key = ?", ep["key"]) == 1
+    assert scalar(db, "SELECT id FROM episodes WHERE key = ?", ep["key"]) == ep["id"]
+    assert scalar(db, "SELECT status FROM episodes WHERE id = ?", ep["id"]) == "done"
+    msgs = rows(db, "SELECT idx, role FROM messages WHERE episode_id = ? ORDER BY idx", ep["id"])
+    assert [m["idx"] for m in msgs] == [0, 1, 2, 3, 4]  # partial messages removed, not duplicated
+    assert msgs[-1]["role"] == "judge"
+    assert scalar(db, "SELECT COUNT(*) FROM model_calls WHERE episode_id = ?", ep["id"]) == 5
+    assert scalar(db, "SELECT COUNT(*) FROM verdicts WHERE episode_id = ?", ep["id"]) == 1
+    assert scalar(db, "SELECT n_calls FROM episodes WHERE id = ?", ep["id"]) == 5
+    # Nothing else was touched.
+    after = {t: [r for r in dump(db, t) if r[1] != ep["id"]] for t in ("messages", "verdicts")}
+    assert after == others
+    assert scalar(db, "SELECT status FROM runs") == "finished"
+
+
+@pytest.mark.parametrize("state", ["interrupted", "pending"])
+def test_other_incomplete_states_are_redone(tmp_path, state):
+    db = tmp_path / "o.db"
+    spec = mixed_spec(tmp_path, limit=1)
+    run(spec, db)
+    con = sqlite3.connect(db)
+    with con:
+        ep_id = con.execute("SELECT id FROM episodes WHERE protocol = 'direct'").fetchone()[0]
+        con.execute("DELETE FROM verdicts WHERE episode_id = ?", (ep_id,))
+        con.execute("UPDATE episodes SET status = ? WHERE id = ?", (state, ep_id))
+    con.close()
+    again = run(spec, db)
+    assert again.total_calls() == 1 and again.summary.counts == {"done": 1}
+    assert scalar(db, "SELECT COUNT(*) FROM messages WHERE episode_id = ?", ep_id) == 1
+    assert scalar(db, "SELECT COUNT(*) FROM episodes") == 5
+
+
+def test_limit_growth_runs_only_the_new_items_episodes(tmp_path):
+    db = tmp_path / "o.db"
+    spec = mixed_spec(tmp_path)
+    items = load_dataset("boolq")[:2]
+    one = run(spec, db, limit=1)
+    assert one.summary.counts == {"done": 5}
+    per_item = one.total_calls()
+    assert per_item == 1 + 2 * 2 + 2 * 5
+    two = run(spec, db, limit=2)
+    assert two.loaded.run_id == one.loaded.run_id  # --limit does not change the run
+    assert two.summary.skipped == 5 and two.summary.counts == {"done": 5}
+    assert two.total_calls() == per_item
+    for alias in ("j", "adv"):
+        for p in two.prompts(alias):
+            assert items[1].question in p and items[0].question not in p
+    assert scalar(db, "SELECT COUNT(*) FROM runs") == 1
+    assert scalar(db, "SELECT COUNT(*) FROM episodes") == 10
+    assert scalar(db, "SELECT COUNT(DISTINCT key) FROM episodes") == 10
+    assert {r["item_id"] for r in rows(db, "SELECT item_id FROM episodes")} == {it.key for it in items}
+    assert scalar(db, "SELECT COUNT(*) FROM items") == 2
+    three = run(spec, db, limit=2)  # and again: nothing
+    assert three.total_calls() == 0
+
+
+def test_a_different_seed_is_a_different_run(tmp_path):
+    db = tmp_path / "o.db"
+    a = run(mixed_spec(tmp_path, name="s", limit=1, seed=0), db)
+    b = run(mixed_spec(tmp_path, name="s", limit=1, seed=1), db)
+    assert a.loaded.run_id != b.loaded.run_id
+    assert b.total_calls() == a.total_calls()
+    assert scalar(db, "SELECT COUNT(*) FROM runs") == 2
+
+
+# -- secrets ------------------------------------------------------------------------------
+
+def test_api_key_is_never_written(tmp_path, monkeypatch):
+    secret = "sk-oversight-test-" + secrets.token_hex(16)
+    monkeypatch.setenv("OVERSIGHT_TEST_API_KEY", secret)
+    spec = write_spec(tmp_path / "k.toml", datasets=["boolq"], limit=1,
+                      models={"j": {**mock([VERDICT]), "api_key_env": "OVERSIGHT_TEST_API_KEY"},
+                              "adv": mock(["I argue."])},
+                      protocols=[{"name": "consultancy", "roles": {"consultant": "adv", "judge": "j"}}])
+    db = tmp_path / "k.db"
+    res = run(spec, db)
+    assert res.summary.counts == {"done": 2}
+    # The config was stored (by the env var's *name*), so the check below is not vacuous.
+    assert "OVERSIGHT_TEST_API_KEY" in scalar(db, "SELECT models FROM episodes LIMIT 1")
+    files = [p for p in tmp_path.iterdir() if p.name.startswith("k.db")]
+    assert db in files
+    for path in files:  # the database and any WAL / shared-memory file beside it
+        data = path.read_bytes()
+        assert secret.encode() not in data, path.name
+        assert secret.encode("utf-16-le") not in data, path.name
