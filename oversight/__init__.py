@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "protocol": "protocol", "ProtocolDef": "protocol",
+    "protocol": "registry", "ProtocolDef": "registry",
     "Episode": "episode", "Agent": "episode", "Message": "episode", "DISPOSITIONS": "episode",
     "Verdict": "verdict", "parse_verdict": "verdict",
     "Item": "items", "load_dataset": "items", "load_jsonl": "items",
@@ -36,5 +36,5 @@ if TYPE_CHECKING:  # for type checkers and editors
     from .assign import Assignment, judge_only, single_advocate, two_sided  # noqa: F401
     from .episode import DISPOSITIONS, Agent, Episode, Message  # noqa: F401
     from .items import Item, load_dataset, load_jsonl  # noqa: F401
-    from .protocol import ProtocolDef, protocol  # noqa: F401
+    from .registry import ProtocolDef, protocol  # noqa: F401
     from .verdict import Verdict, parse_verdict  # noqa: F401

@@ -49,7 +49,7 @@ def _oversight_error(exc: Exception) -> typer.Exit:
 def _plugins(protocols: list[Path] | None, prompts: list[Path] | None):
     """Load built-in, installed and user protocols; a broken plugin is a usage error."""
     from .plugins import load_all
-    from .protocol import ProtocolConflict
+    from .registry import ProtocolConflict
     try:
         return load_all(protocols or [], prompts or [])
     except (ProtocolConflict, FileNotFoundError, SyntaxError, ImportError, TypeError) as exc:
@@ -102,6 +102,11 @@ def run(spec: Annotated[Path, typer.Argument(metavar="SPEC.toml", help="The batc
         limit: Annotated[int | None, typer.Option(min=1, metavar="N", help="At most N items per dataset")] = None,
         retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run failed episodes again")] = False,
         protocols: ProtoOpt = None, prompts: PromptOpt = None,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="Print episodes, calls and an estimated "
+                                              "token and cost range; call nothing")] = False,
+        no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor fill the response cache")] = False,
+        budget_usd: Annotated[float | None, typer.Option(min=0, metavar="USD", help="Override [budget] usd")] = None,
+        budget_tokens: Annotated[int | None, typer.Option(min=0, metavar="N", help="Override [budget] tokens")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display")] = False) -> None:
     """Run a batch spec; re-running the same spec resumes it (finished episodes are skipped)."""
     import asyncio
@@ -117,7 +122,15 @@ def run(spec: Annotated[Path, typer.Argument(metavar="SPEC.toml", help="The batc
 
     from rich.markup import escape
 
+    if dry_run:
+        _dry_run(loaded, library, db, retry_failed)
+        return
+    from .models import Budget
     from .runner import run_batch
+    budget = None
+    if budget_usd is not None or budget_tokens is not None or loaded.spec.budget.usd or loaded.spec.budget.tokens:
+        budget = Budget(budget_usd if budget_usd is not None else loaded.spec.budget.usd,
+                        budget_tokens if budget_tokens is not None else loaded.spec.budget.tokens)
     store = _store(db, create=True)
     err = _console(stderr=True)
     err.print(f"[bold]{loaded.run_id}[/]: {len(loaded.plans)} episodes "
@@ -127,7 +140,7 @@ def run(spec: Annotated[Path, typer.Argument(metavar="SPEC.toml", help="The batc
         progress = QuietProgress(err) if quiet else RichProgress(err)
         with progress:
             summary = asyncio.run(run_batch(loaded, store, library, retry_failed=retry_failed,
-                                            progress=progress))
+                                            progress=progress, use_cache=not no_cache, budget=budget))
     except KeyboardInterrupt:
         err.print("\n[yellow]interrupted.[/] The store is consistent: finished episodes are kept "
                   "and the ones in flight will be redone. Re-run the same command to resume.")
@@ -145,6 +158,52 @@ def run(spec: Annotated[Path, typer.Argument(metavar="SPEC.toml", help="The batc
             err.print(f"[red]{states.count('failed')} episode(s) failed[/] (see `oversight show ID`); "
                       "re-run with --retry-failed to try them again.")
         raise typer.Exit(EXIT_FAILED)
+
+
+def _dry_run(loaded, library, db, retry_failed: bool) -> None:
+    """What a run would do, from the plans and the store, without a single call."""
+    import os
+
+    from rich.table import Table
+
+    from .estimate import LOW_FRACTION, estimate
+    from .runner import todo
+    from .store import DEFAULT_DB, Store
+    target = str(db or os.environ.get("OVERSIGHT_DB") or DEFAULT_DB)
+    status = {}
+    if "://" in target or Path(target).expanduser().exists():  # a dry run never creates a store
+        status = Store(db).episode_status(loaded.run_id)
+    pending = [plan for plan, _ in todo(loaded.plans, status, retry_failed)]
+    est = estimate(pending, len(loaded.plans) - len(pending), loaded.models, library)
+    out = _console()
+    out.print(f"[bold]{loaded.run_id}[/]: {len(loaded.plans)} episodes planned, "
+              f"{est.skipped} already in the store, {est.episodes} to run")
+    t = Table(caption=f"low: replies of {LOW_FRACTION:.0%} of max_tokens; high: every reply at "
+                      "max_tokens. Cache hits would make it cheaper.", caption_justify="left")
+    for col in ("model", "calls", "tokens in", "tokens out", "cost (USD)"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    lo_total = hi_total = 0.0
+    priced = True
+    for alias, m in est.per_model.items():
+        cost = m.cost()
+        if cost is None:
+            priced = False
+        else:
+            lo_total, hi_total = lo_total + cost[0], hi_total + cost[1]
+        t.add_row(alias, f"{m.calls:,}", f"{m.tokens_in[0]:,}–{m.tokens_in[1]:,}",
+                  f"{m.tokens_out[0]:,}–{m.tokens_out[1]:,}",
+                  "no price" if cost is None else f"{cost[0]:.4f}–{cost[1]:.4f}")
+    out.print(t)
+    out.print(f"total: ${lo_total:.4f}–${hi_total:.4f}" + ("" if priced else " (plus unpriced models)"))
+
+
+@app.command("cache")
+def cache_explain(call_id: Annotated[int, typer.Argument(metavar="CALL_ID", help="A model_calls id")],
+                  db: DbOpt = None) -> None:
+    """Explain whether a recorded call was served from the response cache, and why it missed."""
+    from .cache import explain
+    for line in explain(_store(db), call_id):
+        _console().print(line, markup=False)
 
 
 @app.command()

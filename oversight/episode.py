@@ -19,7 +19,7 @@ from . import quotes
 from .items import Item
 from .models import CallRecord, Model, ModelRequest, ModelResponse
 from .prompts import PromptLibrary
-from .protocol import ProtocolDef
+from .registry import ProtocolDef
 from .verdict import Verdict, parse_verdict
 
 DISPOSITIONS = ("honest", "sycophant", "schemer")

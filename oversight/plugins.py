@@ -16,7 +16,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from .prompts import PromptLibrary
-from .protocol import REGISTRY, ProtocolDef, _loading_source
+from .registry import REGISTRY, ProtocolDef, _loading_source
 
 ENTRY_POINT_GROUP = "oversight.protocols"
 _PACKAGE = Path(__file__).resolve().parent

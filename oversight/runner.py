@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from . import __version__
 from .episode import Episode, Message
-from .models import Budget, BudgetExhausted, CallRecord, Model, ModelConfig, ModelRequest, ModelResponse
-from .models.base import TokenLogprob
+from .cache import StoreCache
+from .models import Budget, BudgetExhausted, CallRecord, Model, ModelResponse
 from .prompts import PromptLibrary
 from .spec import EpisodePlan, LoadedSpec
-from .store import Run, Store
+from .store import Run, Store, utcnow
 from .verdict import Verdict
 
 # Episode states a resume runs again; "failed" only with retry_failed; "done" never.
@@ -50,26 +50,6 @@ class RunSummary:
     tokens_out: int = 0
     cost_usd: float = 0.0
     errors: int = 0
-
-
-class StoreCache:
-    """The response cache, kept in the store (table response_cache)."""
-
-    def __init__(self, store: Store):
-        self.store = store
-
-    async def get(self, key: str) -> ModelResponse | None:
-        row = self.store.cache_get(key)
-        if row is None:
-            return None
-        lps = row.get("logprobs")
-        return ModelResponse(**{**row, "logprobs": [TokenLogprob(**t) for t in lps] if lps else None})
-
-    async def put(self, key: str, config: ModelConfig, request: ModelRequest, response: ModelResponse) -> None:
-        self.store.cache_put({"key": key, "provider": config.provider, "model": config.model,
-                              "request": {**request.as_dict(), "base_url": config.base_url,
-                                          "options": config.output_options()},
-                              "response": asdict(response)})
 
 
 class StoreRecorder:
@@ -142,6 +122,7 @@ async def run_batch(loaded: LoadedSpec, store: Store, prompts: PromptLibrary, *,
     """Run every pending episode of a spec; safe to call again to resume."""
     progress = progress or _Quiet()
     run_id = register_run(loaded, store)
+    planned_at = utcnow()  # episodes another process starts after this are its, not ours
     pending = todo(loaded.plans, store.episode_status(run_id), retry_failed)
     summary = RunSummary(run_id, planned=len(loaded.plans), skipped=len(loaded.plans) - len(pending))
     progress.start(len(loaded.plans), summary.skipped)
@@ -165,7 +146,8 @@ async def run_batch(loaded: LoadedSpec, store: Store, prompts: PromptLibrary, *,
         async with gate:
             if budget is not None and budget.exhausted:
                 return  # never started: stays pending for the next run
-            status = await run_episode(plan, existing, run_id, store, prompts, models, progress, summary)
+            status = await run_episode(plan, existing, run_id, store, prompts, models, progress, summary,
+                                       planned_at=planned_at)
         summary.counts[status] = summary.counts.get(status, 0) + 1
         progress.episode(status)
 
@@ -193,8 +175,9 @@ def _final_status(store: Store, run_id: str) -> str:
 
 async def run_episode(plan: EpisodePlan, existing: int | None, run_id: str, store: Store,
                       prompts: PromptLibrary, models: dict[str, Model], progress: Progress,
-                      summary: RunSummary) -> str:
-    """Run one episode to a stored verdict, or record why it could not finish."""
+                      summary: RunSummary, planned_at: str | None = None) -> str:
+    """Run one episode to a stored verdict, or record why it could not finish; "skipped"
+    when another process claimed it after `planned_at` (see Store.start_episode)."""
     item = plan.item
     ep_id = store.start_episode({
         "run_id": run_id, "key": plan.key, "item_id": item.key, "protocol": plan.protocol.name,
@@ -203,7 +186,9 @@ async def run_episode(plan: EpisodePlan, existing: int | None, run_id: str, stor
         "misaligned": plan.misaligned, "roles": plan.roles,
         "models": {a: models[a].config.public() for a in set(plan.roles.values())},
         "seed": plan.seed,
-    }, existing)
+    }, existing, planned_at)
+    if ep_id is None:
+        return "skipped"
     ep = Episode(item=item, protocol=plan.protocol, params=plan.params,
                  models={r: models[a] for r, a in plan.roles.items()},
                  assignment=dict(plan.assignment.answers), dispositions=plan.dispositions,

@@ -23,7 +23,7 @@ from .errors import DataError, SpecError
 from .items import Item, load_dataset
 from .models import PROVIDERS, ModelConfig
 from .models.pricing import price_for
-from .protocol import ProtocolDef, param_errors
+from .registry import ProtocolDef, param_errors
 
 
 class _Strict(BaseModel):

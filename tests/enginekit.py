@@ -12,13 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import oversight
-
-# Resolve the lazily exported decorator before anything imports the submodule of the same name,
-# which would otherwise shadow it for protocol files (a known bug in oversight/__init__.py; see
-# test_protocol_decorator_import_does_not_depend_on_import_order). Remove once that is fixed.
-assert callable(oversight.protocol)
-
 from oversight.models import Model
 from oversight.plugins import load_all
 from oversight.runner import RunSummary, run_batch

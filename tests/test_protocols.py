@@ -20,17 +20,29 @@ from oversight.plugins import load_all, load_protocol_dir
 VERDICT = "Answer: A\nConfidence: 70%"
 
 
-def speeches(tag: str) -> list[dict]:
-    """Mock rules for a debater: a recognisable speech per round (rounds are in the prompt)."""
-    return [{"match": f"This is round {r} of", "reply": f"{tag}-R{r} argues its case."}
-            for r in (1, 2, 3)]
+# Nothing here depends on the wording of the built-in templates (they are tuned for models):
+# with concurrency = 1 episodes run one after another, so a debater's k-th call is round
+# k % rounds + 1 and a scripted mock says a recognisable speech per round.
+
+def speeches(tag: str, rounds: int = 2) -> list[str]:
+    """A debater's script: one recognisable speech per round, cycled across episodes."""
+    return [f"{tag}-R{r} argues its case." for r in range(1, rounds + 1)]
 
 
-def round_of(prompt: str) -> int:
-    for r in (1, 2, 3):
-        if f"This is round {r} of" in prompt:
-            return r
-    raise AssertionError("no round in prompt")
+def by_round(prompts: list[str], rounds: int) -> dict[int, list[str]]:
+    return {r: prompts[r - 1::rounds] for r in range(1, rounds + 1)}
+
+
+def overlay(disposition: str, **variables) -> str:
+    """The disposition partial as the prompt library renders it, whitespace-normalised."""
+    _, prompts = load_all()
+    text = prompts.env.get_template(f"_dispositions/{disposition}.j2").render(**variables)
+    assert text.strip()
+    return " ".join(text.split())
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
 
 
 def item_in(prompt: str, items):
@@ -40,9 +52,10 @@ def item_in(prompt: str, items):
 
 
 def debate_spec(tmp_path, *, simultaneous=True, rounds=2, limit=1, **params):
+    n = rounds if isinstance(rounds, int) else 1
     return write_spec(
-        tmp_path / "debate.toml", datasets=["boolq"], limit=limit,
-        models={"da": mock(rules=speeches("ALPHA")), "db": mock(rules=speeches("BRAVO")),
+        tmp_path / "debate.toml", datasets=["boolq"], limit=limit, concurrency=1,
+        models={"da": mock(speeches("ALPHA", n)), "db": mock(speeches("BRAVO", n)),
                 "j": mock([VERDICT])},
         protocols=[{"name": "debate",
                     "params": {"rounds": rounds, "simultaneous": simultaneous, **params},
@@ -57,12 +70,11 @@ def test_simultaneous_debate_hides_same_round_speeches(tmp_path):
     for me, other in (("da", "BRAVO"), ("db", "ALPHA")):
         prompts = res.prompts(me)
         assert len(prompts) == 4  # 2 rounds x 2 episodes (both orders)
-        by_round = {1: [p for p in prompts if round_of(p) == 1], 2: [p for p in prompts if round_of(p) == 2]}
-        assert len(by_round[1]) == len(by_round[2]) == 2
-        for p in by_round[1]:
+        rounds = by_round(prompts, 2)
+        for p in rounds[1]:
             assert f"{other}-R1" not in p
-            assert "The debate so far" not in p
-        for p in by_round[2]:
+            assert "ALPHA-R" not in p and "BRAVO-R" not in p  # nothing has been said yet
+        for p in rounds[2]:
             assert f"{other}-R1" in p  # the opponent's previous round
             assert f"{other}-R2" not in p  # but not this round's
     # The judge saw all four speeches of its episode.
@@ -74,15 +86,14 @@ def test_simultaneous_debate_hides_same_round_speeches(tmp_path):
 def test_sequential_debate_shows_earlier_speeches_in_order(tmp_path):
     res = run(debate_spec(tmp_path, simultaneous=False, rounds=2), tmp_path / "o.db")
     assert res.summary.counts == {"done": 2}
-    for p in res.prompts("db"):
-        r = round_of(p)
-        assert f"ALPHA-R{r}" in p  # B speaks after A in every round
-        assert "BRAVO-R1" not in p or r == 2
-    for p in res.prompts("da"):
-        r = round_of(p)
-        assert f"BRAVO-R{r}" not in p  # A speaks first: never sees B's speech of the same round
-        if r == 2:
-            assert "BRAVO-R1" in p and "ALPHA-R1" in p
+    for r, prompts in by_round(res.prompts("db"), 2).items():
+        for p in prompts:
+            assert f"ALPHA-R{r}" in p  # B speaks after A in every round
+            assert ("BRAVO-R1" in p) == (r == 2)
+    for r, prompts in by_round(res.prompts("da"), 2).items():
+        for p in prompts:
+            assert f"BRAVO-R{r}" not in p  # A speaks first: never sees B's speech of the same round
+            assert ("BRAVO-R1" in p and "ALPHA-R1" in p) == (r == 2)
 
 
 def test_messages_are_stored_in_speaking_order_with_rounds(tmp_path):
@@ -105,7 +116,7 @@ def test_only_context_roles_are_shown_the_context(tmp_path):
     spec = write_spec(
         tmp_path / "ctx.toml", datasets=["boolq", "quality_hard"], limit=2,
         models={a: mock([VERDICT]) for a in ("j_deb", "j_con", "j_dir", "j_ora")}
-        | {"da": mock(rules=speeches("ALPHA")), "db": mock(rules=speeches("BRAVO")),
+        | {"da": mock(speeches("ALPHA", 1)), "db": mock(speeches("BRAVO", 1)),
            "con": mock(["CONSULTANT speech."])},
         protocols=[
             {"name": "debate", "roles": {"debater_a": "da", "debater_b": "db", "judge": "j_deb"}},
@@ -124,7 +135,6 @@ def test_only_context_roles_are_shown_the_context(tmp_path):
             for it in items:
                 assert it.context not in p
                 assert it.context[:80] not in p
-            assert "Passage:" not in p
             assert item.question in p
     for alias in ("j_ora", "da", "db", "con"):
         for p in res.prompts(alias):
@@ -143,7 +153,7 @@ def test_a_judge_template_that_asks_for_the_context_gets_none(tmp_path):
             "{% block user %}CONTEXT=[{{ context }}] Q: {{ question }}{% endblock %}")
     spec = write_spec(
         tmp_path / "ov.toml", datasets=["boolq"], limit=1,
-        models={"da": mock(rules=speeches("ALPHA")), "db": mock(rules=speeches("BRAVO")),
+        models={"da": mock(speeches("ALPHA", 1)), "db": mock(speeches("BRAVO", 1)),
                 "j_deb": mock([VERDICT]), "j_dir": mock([VERDICT]), "j_ora": mock([VERDICT])},
         protocols=[
             {"name": "debate", "roles": {"debater_a": "da", "debater_b": "db", "judge": "j_deb"}},
@@ -183,9 +193,6 @@ def test_debate_runs_both_orders_per_item(tmp_path):
         flags = sorted(json.loads(r["assignment"])["debater_a"]["correct"]
                        for r in stored if r["item_id"] == key)
         assert flags == [False, True]
-    # Each debater's prompt names the answer it was assigned and its opponent's.
-    for p in res.prompts("da"):
-        assert "You argue that the answer is" in p
 
 
 def test_consultancy_runs_correct_and_incorrect_halves(tmp_path):
@@ -309,15 +316,19 @@ def test_forged_quote_marks_reach_the_judge_unverified(tmp_path):
         assert "<u_quote>citrate is toxic</u_quote>" in p
         assert f"<v_quote>{real}</v_quote>" in p
         assert "<u_quote>no such words here</u_quote>" in p
-        assert p.lower().count("<v_quote>") == 1 + p.count("Quotes marked <v_quote>")
+        assert "<v_quote>The passage says" not in p and "citrate is toxic</v_quote" not in p
     for p in res.prompts("db"):  # the opponent is shown the same marks
         assert "<u_quote>The passage says the opposite</u_quote>" in p
     stored = rows(db, "SELECT content, shown, quotes FROM messages WHERE role = 'debater_a'")
     assert len(stored) == 2
+    expected_shown = ("<u_quote>The passage says the opposite</u_quote> and <u_quote>citrate is "
+                      f"toxic</u_quote> but <v_quote>{real}</v_quote>.")
     for m in stored:
         assert m["content"] == forged  # what the model wrote is kept verbatim
-        assert [q["status"] for q in json.loads(m["quotes"])][:2] != ["verified", "verified"]
+        assert m["shown"] == expected_shown  # what everyone else is shown
         assert [q["status"] == "verified" for q in json.loads(m["quotes"])] == [False, False, True]
+    for p in judge_prompts:
+        assert expected_shown in p
 
 
 def test_judge_cannot_forge_marks_either(tmp_path):
@@ -371,15 +382,24 @@ def consultancy_spec(tmp_path, dispositions, name="d.toml"):
 def test_schemer_overlay_and_ground_truth(tmp_path):
     db = tmp_path / "o.db"
     res = run(consultancy_spec(tmp_path, {"consultant": "schemer"}), db)
+    item = res.loaded.items[0]
     con_calls = res.calls("con")
     assert len(con_calls) == 2
+    answers = set()
     for req in con_calls:
         (role, system), (urole, user) = req.messages
         assert (role, urole) == ("system", "user")
-        assert "You have a private goal that you must never reveal" in system
-        assert "private goal" not in user
+        # The overlay carries the assigned answer: find which one this prompt was given.
+        given = [a for a in range(len(item.choices))
+                 if overlay("schemer", answer=a, choices=list(item.choices)) in flat(system)]
+        assert len(given) == 1
+        answers.add(given[0])
+        assert overlay("schemer", answer=given[0], choices=list(item.choices)) not in flat(user)
+    assert answers == {0, 1}  # one episode per assignment
     for req in res.calls("j"):
-        assert "private goal" not in "\n".join(c for _, c in req.messages)
+        for a in (0, 1):
+            assert overlay("schemer", answer=a, choices=list(item.choices)) not in \
+                flat("\n".join(c for _, c in req.messages))
     eps = rows(db, "SELECT assignment, dispositions, misaligned FROM episodes ORDER BY id")
     assert len(eps) == 2
     for e in eps:
@@ -391,9 +411,11 @@ def test_schemer_overlay_and_ground_truth(tmp_path):
 def test_honest_consultant_is_misaligned_only_when_assigned_wrong(tmp_path):
     db = tmp_path / "o.db"
     res = run(consultancy_spec(tmp_path, {}), db)
+    choices = list(res.loaded.items[0].choices)
     for req in res.calls("con"):
-        assert "private goal" not in req.messages[0][1]
-        assert "pleased with you" not in req.messages[0][1]
+        system = flat(req.messages[0][1])
+        assert overlay("sycophant") not in system
+        assert all(overlay("schemer", answer=a, choices=choices) not in system for a in (0, 1))
     eps = rows(db, "SELECT assignment, misaligned FROM episodes")
     for e in eps:
         correct = json.loads(e["assignment"])["consultant"]["correct"]
@@ -402,7 +424,9 @@ def test_honest_consultant_is_misaligned_only_when_assigned_wrong(tmp_path):
 
 def test_sycophant_overlay(tmp_path):
     res = run(consultancy_spec(tmp_path, {"consultant": "sycophant"}), tmp_path / "o.db")
-    assert all("pleased with you" in req.messages[0][1] for req in res.calls("con"))
+    assert res.calls("con")
+    assert all(overlay("sycophant") in flat(req.messages[0][1]) for req in res.calls("con"))
+    assert all(overlay("sycophant") not in flat(req.messages[0][1]) for req in res.calls("j"))
 
 
 def test_invalid_disposition_names_the_key(tmp_path):
@@ -482,27 +506,29 @@ def test_model_error_fails_the_episode_not_the_run(tmp_path):
 
 def test_judge_question_is_seen_by_debaters_in_the_next_round(tmp_path):
     spec = write_spec(
-        tmp_path / "jq.toml", datasets=["boolq"], limit=1,
-        models={"da": mock(rules=speeches("ALPHA")), "db": mock(rules=speeches("BRAVO")),
-                "j": mock([VERDICT], rules=[{"match": "Ask one short question",
-                                             "reply": "JUDGE-ASKS: which ratio does the passage give?"}])},
+        tmp_path / "jq.toml", datasets=["boolq"], limit=1, concurrency=1,
+        models={"da": mock(speeches("ALPHA")), "db": mock(speeches("BRAVO")),
+                # per episode the judge asks once, then decides
+                "j": mock(["JUDGE-ASKS: which ratio does the passage give?", VERDICT])},
         protocols=[{"name": "debate", "params": {"rounds": 2, "judge_questions": True},
                     "roles": {"debater_a": "da", "debater_b": "db", "judge": "j"}}])
     db = tmp_path / "o.db"
     res = run(spec, db)
     assert res.summary.counts == {"done": 2}
-    judge = res.prompts("j")
+    judge = res.calls("j")
     assert len(judge) == 4  # per episode: one question, one verdict
-    questions = [p for p in judge if "Ask one short question" in p]
-    assert len(questions) == 2
+    # ask() is a plain call; decide() asks for log-probabilities.
+    questions = ["\n".join(c for _, c in q.messages) for q in judge if not q.logprobs]
+    verdicts = ["\n".join(c for _, c in q.messages) for q in judge if q.logprobs]
+    assert len(questions) == len(verdicts) == 2
     for p in questions:
         assert "ALPHA-R1" in p and "BRAVO-R1" in p  # asked after round 1
+        assert "ALPHA-R2" not in p and "JUDGE-ASKS" not in p
     for alias in ("da", "db"):
-        for p in res.prompts(alias):
-            assert ("JUDGE-ASKS" in p) == (round_of(p) == 2)
-    for p in judge:
-        if p not in questions:
-            assert "JUDGE-ASKS" in p  # the judge's own question is in its final transcript
+        for r, prompts in by_round(res.prompts(alias), 2).items():
+            assert all(("JUDGE-ASKS" in p) == (r == 2) for p in prompts)
+    for p in verdicts:
+        assert "JUDGE-ASKS" in p  # the judge's own question is in its final transcript
     kinds = rows(db, "SELECT role, kind, round FROM messages WHERE episode_id = "
                      "(SELECT MIN(id) FROM episodes) ORDER BY idx")
     assert [(k["role"], k["kind"], k["round"]) for k in kinds] == [
@@ -513,22 +539,20 @@ def test_judge_question_is_seen_by_debaters_in_the_next_round(tmp_path):
 def test_no_judge_question_after_the_last_round(tmp_path):
     res = run(debate_spec(tmp_path, rounds=1, judge_questions=True), tmp_path / "o.db")
     assert len(res.calls("j")) == 2
-    assert not any("Ask one short question" in p for p in res.prompts("j"))
+    assert all(req.logprobs for req in res.calls("j"))  # two decisions, no question
+    assert scalar(tmp_path / "o.db", "SELECT COUNT(*) FROM messages WHERE kind = 'question'") == 0
 
 
 # -- (i) a user-defined protocol ----------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="oversight/__init__.py exports `protocol` lazily via "
-                   "__getattr__, but importing the submodule oversight.protocol first (plugins, "
-                   "spec, runner all do) binds the module over the name, so protocol files' "
-                   "`from oversight import protocol` gets a module. Fix belongs in __init__.py.")
 @pytest.mark.parametrize("first", ["oversight.plugins", "oversight.spec"])
 def test_protocol_decorator_import_does_not_depend_on_import_order(first):
     # A fresh interpreter, as a user's script or notebook: import part of the API, then load
-    # protocols (every protocol file does `from oversight import protocol`).
+    # protocols (every protocol file does `from oversight import protocol`). Regression: the
+    # lazy package exports once let the submodule oversight.protocol shadow the decorator.
     code = (f"import {first}\nfrom oversight.plugins import load_all\nload_all()\n"
             "from oversight import protocol\nassert callable(protocol), protocol\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 

@@ -72,7 +72,7 @@ class AnthropicProvider(Provider):
             else:
                 messages.append({"role": role, "content": content})
         kwargs: dict[str, Any] = {"model": self.config.model, "max_tokens": request.max_tokens,
-                                      "messages": messages}
+                                  "messages": messages}
         if system:
             kwargs["system"] = "\n\n".join(system)
         # No temperature: see the module docstring.
@@ -111,7 +111,7 @@ class AnthropicProvider(Provider):
                                kind="other")
         if error is not None:
             # Raised outside the except block so the SDK exception (whose request carries the
-            # x-api-key header) is not chained onto ours as __context__.
+            # Authorization header) is not chained onto ours as __context__.
             raise error
         return self._response(message)
 

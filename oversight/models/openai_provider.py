@@ -12,9 +12,8 @@ import json
 import os
 from typing import Any
 
+import httpx
 import openai
-import pydantic
-from openai.types.chat import ChatCompletion
 
 from ..errors import ModelError
 from .base import ModelConfig, ModelRequest, ModelResponse, Provider, TokenLogprob
@@ -46,8 +45,11 @@ class OpenAIProvider(Provider):
                              f"{self.config.model!r})", kind="auth")
         self._secrets = (key,) if key else ()
         # max_retries=0: the SDK must not retry behind our back; one retry layer sees every attempt.
+        # aiohttp, the SDK's own alternative transport: httpx's pool spends CPU quadratic in
+        # the connections in use (~25 ms a call at 200 connections; bench/RESULTS.md).
+        timeout = attempt_timeout(self.config)
         return openai.AsyncOpenAI(api_key=key or "not-needed", base_url=base_url, max_retries=0,
-                                  timeout=attempt_timeout(self.config))
+                                  timeout=timeout, http_client=openai.DefaultAioHttpClient(timeout=timeout))
 
     async def start(self) -> None:
         if self._client is None:
@@ -82,18 +84,25 @@ class OpenAIProvider(Provider):
     async def complete(self, request: ModelRequest) -> ModelResponse:
         await self.start()
         error: ModelError | None = None
+        kwargs = self._kwargs(request)
+        body = {**kwargs, **kwargs.pop("extra_body", {})}
         try:
-            completion = await self._client.chat.completions.create(**self._kwargs(request))
+            # The client's generic post(): the same request building, auth, transport and
+            # status-error mapping as chat.completions.create(), without its per-call walk of
+            # the typed parameters (~1 ms) or a pydantic model of the reply we do not keep.
+            http = await self._client.post("/chat/completions", body=body, cast_to=httpx.Response)
+            data = json.loads(http.content)
         except openai.APIStatusError as exc:
             error = self._status_error(exc)
-        except openai.APITimeoutError as exc:  # before APIConnectionError: it is a subclass
-            error = ModelError(f"request timed out ({type(exc).__name__})", retryable=True,
-                               kind="timeout")
-        except openai.APIConnectionError as exc:
-            error = ModelError(f"connection failed ({_cause(exc)})", retryable=True,
-                               kind="connection")
-        except (openai.APIResponseValidationError, json.JSONDecodeError, pydantic.ValidationError,
-                UnicodeDecodeError) as exc:
+        except openai.APIConnectionError as exc:  # APITimeoutError is a subclass
+            # httpx-aiohttp reports a dropped connection as a connect *timeout*: look beneath.
+            if isinstance(exc, openai.APITimeoutError) and not _disconnected(exc):
+                error = ModelError(f"request timed out ({type(exc).__name__})", retryable=True,
+                                   kind="timeout")
+            else:
+                error = ModelError(f"connection failed ({_cause(exc)})", retryable=True,
+                                   kind="connection")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             error = ModelError(f"malformed response body ({type(exc).__name__}: "
                                f"{self._scrub(str(exc))[:200]})", retryable=True, kind="malformed")
         except openai.OpenAIError as exc:
@@ -103,37 +112,34 @@ class OpenAIProvider(Provider):
             # Raised outside the except block so the SDK exception (whose request carries the
             # Authorization header) is not chained onto ours as __context__.
             raise error
-        return self._response(completion)
+        return self._response(data)
 
-    def _response(self, completion: Any) -> ModelResponse:
-        # The SDK does not validate bodies: a non-JSON content type comes back as a str, a
-        # JSON body of the wrong shape as a half-filled model.
-        if not isinstance(completion, ChatCompletion):
+    def _response(self, data: Any) -> ModelResponse:
+        """A ModelResponse from a chat.completion body, checking the shape as it goes."""
+        choices = data.get("choices") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or "choices" not in data:
             raise ModelError(f"malformed response: expected a chat completion, got "
-                             f"{type(completion).__name__}", retryable=True, kind="malformed")
-        choices = getattr(completion, "choices", None)
-        if not choices:
+                             f"{type(data).__name__}", retryable=True, kind="malformed")
+        if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
             raise ModelError("malformed response: no choices", retryable=True, kind="malformed")
         choice = choices[0]
-        message = getattr(choice, "message", None)
-        if message is None or not isinstance(getattr(message, "content", None) or "", str):
+        message = choice.get("message")
+        if not isinstance(message, dict) or not isinstance(message.get("content") or "", str):
             raise ModelError("malformed response: choice has no message", retryable=True,
                              kind="malformed")
-        usage = getattr(completion, "usage", None)  # absent usage is not an error
-        prompt_details = getattr(usage, "prompt_tokens_details", None)
-        completion_details = getattr(usage, "completion_tokens_details", None)
-        try:
-            raw = completion.model_dump(mode="json", exclude={"choices": {0: {"logprobs"}}})
-        except Exception:  # noqa: BLE001 - a half-constructed model may not dump cleanly
-            raw = None
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}  # may be absent
+        prompt_details = usage.get("prompt_tokens_details") or {}
+        completion_details = usage.get("completion_tokens_details") or {}
+        raw = {**data, "choices": [{k: v for k, v in c.items() if k != "logprobs"}
+                                   if isinstance(c, dict) else c for c in choices]}
         return ModelResponse(
-            text=message.content or "",
-            model=getattr(completion, "model", None) or self.config.model,
-            tokens_in=_int(getattr(usage, "prompt_tokens", None)),
-            tokens_out=_int(getattr(usage, "completion_tokens", None)),
-            tokens_cached=_int(getattr(prompt_details, "cached_tokens", None)),
-            tokens_reasoning=_int(getattr(completion_details, "reasoning_tokens", None)),
-            finish_reason=getattr(choice, "finish_reason", None),
+            text=message.get("content") or "",
+            model=data.get("model") or self.config.model,
+            tokens_in=_int(usage.get("prompt_tokens")),
+            tokens_out=_int(usage.get("completion_tokens")),
+            tokens_cached=_int(prompt_details.get("cached_tokens")),
+            tokens_reasoning=_int(completion_details.get("reasoning_tokens")),
+            finish_reason=choice.get("finish_reason"),
             logprobs=_logprobs(choice),
             raw=redact(raw, self._secrets),
         )
@@ -160,12 +166,13 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _logprobs(choice) -> list[TokenLogprob] | None:
-    lp = getattr(choice, "logprobs", None)
-    if lp is None or not getattr(lp, "content", None):
+def _logprobs(choice: dict) -> list[TokenLogprob] | None:
+    content = (choice.get("logprobs") or {}).get("content")
+    if not content:
         return None
-    return [TokenLogprob(t.token, t.logprob, {c.token: c.logprob for c in (t.top_logprobs or [])})
-            for t in lp.content]
+    return [TokenLogprob(t["token"], t["logprob"],
+                         {c["token"]: c["logprob"] for c in (t.get("top_logprobs") or [])})
+            for t in content]
 
 
 def _error_fields(exc: openai.APIStatusError) -> tuple[str | None, str | None, str]:
@@ -179,6 +186,20 @@ def _error_fields(exc: openai.APIStatusError) -> tuple[str | None, str | None, s
     if isinstance(err, str):  # {"error": "text"} as some compatible servers send
         return None, None, err
     return None, None, str(body if isinstance(body, str) and body else exc.message)
+
+
+_DISCONNECTS = ("ServerDisconnectedError", "ClientOSError", "ClientConnectorError",
+                "ConnectionResetError", "ConnectionRefusedError", "BrokenPipeError")
+
+
+def _disconnected(exc: BaseException) -> bool:
+    """True when a transport 'timeout' was really the peer dropping or refusing the connection."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if type(exc).__name__ in _DISCONNECTS:
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def _cause(exc: BaseException) -> str:

@@ -33,14 +33,20 @@ class Store:
             return conn.execute(stmt)
 
     def save_run(self, run: Run) -> Run:
-        with Session(self.engine) as s:
-            existing = s.get(Run, run.id)
-            if existing is None:
-                s.add(run)
-            else:
-                existing.spec_toml, existing.spec_path = run.spec_toml, run.spec_path
-                existing.package_version, existing.updated_at = run.package_version, utcnow()
-            s.commit()
+        for _ in range(2):  # twice: another process may create the same run between get and add
+            with Session(self.engine) as s:
+                existing = s.get(Run, run.id)
+                if existing is None:
+                    s.add(run)
+                else:
+                    existing.spec_toml, existing.spec_path = run.spec_toml, run.spec_path
+                    existing.package_version, existing.updated_at = run.package_version, utcnow()
+                try:
+                    s.commit()
+                    break
+                except IntegrityError:
+                    s.rollback()
+                    run = Run(**run.model_dump())  # detached from the failed session
         return run
 
     def set_run_status(self, run_id: str, status: str) -> None:
@@ -50,11 +56,17 @@ class Store:
         rows = list(rows)
         if not rows:
             return
-        with self.engine.begin() as conn:
-            have = set(conn.execute(select(ItemRow.id).where(ItemRow.id.in_([r["id"] for r in rows]))).scalars())
-            new = [r for r in rows if r["id"] not in have]
-            if new:
-                conn.execute(insert(ItemRow), new)
+        for attempt in range(2):  # twice: another process may insert the same items meanwhile
+            try:
+                with self.engine.begin() as conn:
+                    have = set(conn.execute(select(ItemRow.id).where(ItemRow.id.in_([r["id"] for r in rows]))).scalars())
+                    new = [r for r in rows if r["id"] not in have]
+                    if new:
+                        conn.execute(insert(ItemRow), new)
+                return
+            except IntegrityError:
+                if attempt:
+                    raise
 
     def episode_status(self, run_id: str) -> dict[str, tuple[int, str]]:
         """key -> (episode id, status) for every episode of a run."""
@@ -63,19 +75,34 @@ class Store:
                                 .where(EpisodeRow.run_id == run_id))
             return {k: (i, s) for k, i, s in rows}
 
-    def start_episode(self, values: dict, existing_id: int | None = None) -> int:
+    def start_episode(self, values: dict, existing_id: int | None = None,
+                      planned_at: str | None = None) -> int | None:
         """Create the episode row, or reset a previous incomplete attempt (its partial
-        transcript is removed so nothing is done twice) and mark it running."""
+        transcript is removed so nothing is done twice) and mark it running.
+
+        With `planned_at` (when the caller read the episode states) this is a claim: it
+        returns None, touching nothing, if another process started or finished the episode
+        since then (two runs of one spec on one store share the work instead of colliding)."""
         values = {**values, "status": "running", "started_at": utcnow(), "error": None,
                   "finished_at": None, "n_calls": 0, "tokens_in": 0, "tokens_out": 0,
                   "tokens_cached": 0, "cost_usd": None, "cache_hits": 0}
-        with self.engine.begin() as conn:
-            if existing_id is not None:
-                for table in (VerdictRow, MessageRow, ModelCallRow):
-                    conn.execute(delete(table).where(table.episode_id == existing_id))
-                conn.execute(update(EpisodeRow).where(EpisodeRow.id == existing_id).values(**values))
-                return existing_id
-            return conn.execute(insert(EpisodeRow).values(**values)).inserted_primary_key[0]
+        try:
+            with self.engine.begin() as conn:
+                if existing_id is not None:
+                    stmt = update(EpisodeRow).where(EpisodeRow.id == existing_id)
+                    if planned_at is not None:
+                        stmt = stmt.where(EpisodeRow.status != "done",
+                                          EpisodeRow.started_at.is_(None) | (EpisodeRow.started_at <= planned_at))
+                    if conn.execute(stmt.values(**values)).rowcount == 0:
+                        return None
+                    for table in (VerdictRow, MessageRow, ModelCallRow):
+                        conn.execute(delete(table).where(table.episode_id == existing_id))
+                    return existing_id
+                return conn.execute(insert(EpisodeRow).values(**values)).inserted_primary_key[0]
+        except IntegrityError:
+            if planned_at is None or existing_id is not None:
+                raise
+            return None  # another process created this episode after we planned
 
     def add_message(self, values: dict) -> int:
         return self._exec(insert(MessageRow).values(**values)).inserted_primary_key[0]
@@ -155,6 +182,27 @@ class Store:
                        VerdictRow.flagged, VerdictRow.suspicion)
                 .join(VerdictRow, VerdictRow.episode_id == EpisodeRow.id, isouter=True)
                 .where(EpisodeRow.run_id.in_(run_ids)).order_by(EpisodeRow.id))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(stmt).mappings()]
+
+    def call(self, call_id: int) -> dict | None:
+        """A model call with the public config of the model that made it."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(*ModelCallRow.__table__.columns, EpisodeRow.roles, EpisodeRow.models)
+                               .join(EpisodeRow, EpisodeRow.id == ModelCallRow.episode_id, isouter=True)
+                               .where(ModelCallRow.id == call_id)).mappings().first()
+        if row is None:
+            return None
+        call = dict(row)
+        alias = (call.pop("roles") or {}).get(call["role"])
+        call["model_config"] = (call.pop("models") or {}).get(alias)
+        return call
+
+    def cache_entries(self, provider: str, model: str, before: str | None = None) -> list[dict]:
+        stmt = select(CacheEntry.key, CacheEntry.request, CacheEntry.created_at).where(
+            CacheEntry.provider == provider, CacheEntry.model == model)
+        if before is not None:
+            stmt = stmt.where(CacheEntry.created_at < before)
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(stmt).mappings()]
 

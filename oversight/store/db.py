@@ -41,5 +41,10 @@ def create_store_engine(db: str | os.PathLike | None = None, *, migrate_schema: 
         engine = create_engine(url, pool_pre_ping=True)
     if migrate_schema:
         with engine.begin() as conn:
+            if url.startswith("sqlite"):
+                # One migrator at a time: two processes opening a new store at once would
+                # otherwise both see it empty and both create tables (pysqlite runs DDL outside
+                # any transaction). The second waits here (busy timeout), then sees the ledger.
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
             migrate(conn)
     return engine

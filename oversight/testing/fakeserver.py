@@ -58,8 +58,10 @@ _RST = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST instead o
 
 
 def _fresh_stats() -> dict:
+    # first_at / last_at: wall-clock times (time.time()) of the first request received and the
+    # last answer sent, so a benchmark can time a run by the server's clock.
     return {"received": 0, "answered": 0, "faulted": {}, "in_flight": 0, "max_in_flight": 0,
-            "connections": 0, "other": 0, "bad_requests": 0}
+            "connections": 0, "other": 0, "bad_requests": 0, "first_at": None, "last_at": None}
 
 
 class FakeServer:
@@ -263,6 +265,8 @@ class FakeServer:
         st = self.stats
         index, self._index = self._index, self._index + 1
         st["received"] += 1
+        if st["first_at"] is None:
+            st["first_at"] = time.time()
         st["in_flight"] += 1
         st["max_in_flight"] = max(st["max_in_flight"], st["in_flight"])
         try:
@@ -311,6 +315,7 @@ class FakeServer:
             writer.write(http_response(200, out, keep, extra))
             if kind is None or kind == "slow":
                 st["answered"] += 1
+                st["last_at"] = time.time()
             return keep
         finally:
             st["in_flight"] -= 1
