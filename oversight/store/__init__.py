@@ -59,7 +59,8 @@ class Store:
         for attempt in range(2):  # twice: another process may insert the same items meanwhile
             try:
                 with self.engine.begin() as conn:
-                    have = set(conn.execute(select(ItemRow.id).where(ItemRow.id.in_([r["id"] for r in rows]))).scalars())
+                    have = set(conn.execute(select(ItemRow.id).where(
+                        ItemRow.id.in_([r["id"] for r in rows]))).scalars())
                     new = [r for r in rows if r["id"] not in have]
                     if new:
                         conn.execute(insert(ItemRow), new)
@@ -92,7 +93,8 @@ class Store:
                     stmt = update(EpisodeRow).where(EpisodeRow.id == existing_id)
                     if planned_at is not None:
                         stmt = stmt.where(EpisodeRow.status != "done",
-                                          EpisodeRow.started_at.is_(None) | (EpisodeRow.started_at <= planned_at))
+                                          EpisodeRow.started_at.is_(None)
+                                          | (EpisodeRow.started_at <= planned_at))
                     if conn.execute(stmt.values(**values)).rowcount == 0:
                         return None
                     for table in (VerdictRow, MessageRow, ModelCallRow):

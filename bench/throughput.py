@@ -1,0 +1,247 @@
+"""Throughput, CPU per call and start-up: oversight against inspect_ai, same server, same run.
+
+    python bench/throughput.py                     # everything (installs inspect_ai once)
+    python bench/throughput.py --skip-inspect      # oversight only
+    python bench/throughput.py --connections 10,50 --latency 0.5 --waves 8
+
+A latency-mock OpenAI-compatible server (oversight.testing.fakeserver, in its own process on
+127.0.0.1) answers every chat completion after `--latency` seconds. Each framework runs the
+judge-alone workload (one call per episode / sample) over waves x connections synthetic
+items with that many connections; a fresh server per measurement times the run by its own
+clock (first request received -> last answer sent). Printed as ratios:
+
+  achieved / ideal throughput   ideal = connections / latency
+  CPU ms per call               (CPU of an N-call run - CPU of a 1-call run) / (N - 1), so
+                                start-up is not smeared over the calls; includes the store write
+  --help seconds                median of 5
+  launch -> first request       process spawn to the server's first request (median of 3)
+
+Not a test: timings on a shared machine are noisy, so nothing here asserts. The load average
+is printed with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+INSPECT_VERSION = "0.3.285"
+INSPECT_VENV = Path(os.environ.get("OVERSIGHT_BENCH_VENV", Path.home() / ".cache" / "oversight" / "bench-inspect-venv"))
+FLOORS = {"ratio@50": 0.90, "ratio@200": 0.80, "cpu_ms": 3.0, "help_s": 0.3, "first_s": 0.8}
+
+INSPECT_TASK = '''
+from inspect_ai import Task, task
+from inspect_ai.dataset import FieldSpec, json_dataset
+from inspect_ai.scorer import match
+from inspect_ai.solver import generate
+
+
+@task
+def judge_alone():
+    return Task(dataset=json_dataset("items.jsonl", FieldSpec(input="question", target="target", id="id")),
+                solver=generate(), scorer=match())
+'''
+
+OVERSIGHT_SPEC = '''
+name = "bench"
+concurrency = {c}
+[data]
+datasets = ["items.jsonl"]
+[models.m]
+provider = "openai"
+base_url = "{url}/v1"
+model = "bench-model"
+max_tokens = 16
+concurrency = {c}
+[roles]
+"*" = "m"
+[[protocols]]
+name = "direct"
+'''
+
+
+class Server:
+    """The fake server in another process; stats come back when it exits."""
+
+    def __init__(self, latency: float):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "oversight.testing.fakeserver", "--latency", str(latency)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("FAKESERVER_READY"):
+            raise RuntimeError(f"fake server did not start: {line!r}")
+        self.url = line.split()[1]
+
+    def stop(self) -> dict:
+        self.proc.stdin.close()  # the server exits when its stdin closes
+        out = self.proc.stdout.read()
+        self.proc.wait(30)
+        return json.loads(out.split("FAKESERVER_STATS ", 1)[1])
+
+
+def write_items(folder: Path, n: int) -> None:
+    with open(folder / "items.jsonl", "w") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"id": f"q{i}", "question": f"Is {i} an even number?",
+                                 "choices": ["Yes", "No"], "answer_index": i % 2,
+                                 "target": "A" if i % 2 == 0 else "B"}) + "\n")
+
+
+def timed_run(fw: "Framework", work: Path, connections: int, env: dict, latency: float) -> dict:
+    """One run against a fresh server: wall, CPU of the child, server-side timings."""
+    server = Server(latency)
+    cmd = fw.command(work, connections, server.url)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+    wall = time.time() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    stats = server.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{fw.name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return {"wall": wall, "cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+            "first": stats["first_at"] - t0, "span": stats["last_at"] - stats["first_at"],
+            "answered": stats["answered"], "max_in_flight": stats["max_in_flight"]}
+
+
+class Framework:
+    name: str
+
+    def command(self, work: Path, connections: int, url: str) -> list[str]: ...
+    def help_command(self) -> list[str]: ...
+
+
+class Oversight(Framework):
+    name = "oversight"
+
+    def __init__(self):
+        self.exe = shutil.which("oversight") or str(Path(sys.executable).with_name("oversight"))
+
+    def command(self, work: Path, connections: int, url: str) -> list[str]:
+        (work / "spec.toml").write_text(OVERSIGHT_SPEC.format(c=connections, url=url))
+        for db in work.glob("bench.db*"):
+            db.unlink()  # a fresh store: every call is a cache miss
+        return [self.exe, "run", "spec.toml", "--db", "bench.db", "--quiet"]
+
+    def help_command(self) -> list[str]:
+        return [self.exe, "--help"]
+
+
+class Inspect(Framework):
+    name = "inspect_ai"
+
+    def __init__(self):
+        python = INSPECT_VENV / "bin" / "python"
+        if not python.exists():
+            print(f"installing inspect-ai=={INSPECT_VERSION} into {INSPECT_VENV} …", flush=True)
+            subprocess.run([sys.executable, "-m", "venv", str(INSPECT_VENV)], check=True)
+            subprocess.run([str(python), "-m", "pip", "install", "-q", f"inspect-ai=={INSPECT_VERSION}",
+                            "openai>=2"], check=True)
+        self.exe = str(INSPECT_VENV / "bin" / "inspect")
+
+    def command(self, work: Path, connections: int, url: str) -> list[str]:
+        (work / "task.py").write_text(INSPECT_TASK)
+        shutil.rmtree(work / "logs", ignore_errors=True)
+        # responses_api=false: the same chat-completions endpoint oversight calls.
+        return [self.exe, "eval", "task.py", "--model", "openai/bench-model", "--model-base-url",
+                f"{url}/v1", "-M", "responses_api=false", "--max-connections", str(connections),
+                "--max-tokens", "16", "--display", "none", "--log-dir", "logs"]
+
+    def help_command(self) -> list[str]:
+        return [self.exe, "--help"]
+
+
+def run_spec(fw: Framework, work: Path, connections: int, n: int, latency: float, env: dict) -> dict:
+    write_items(work, n)
+    result = timed_run(fw, work, connections, env, latency)
+    if result["answered"] != n:
+        raise RuntimeError(f"{fw.name}: the server answered {result['answered']} of {n} calls")
+    return result
+
+
+def median_time(cmd: list[str], env: dict, runs: int = 5) -> float:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, env=env, capture_output=True, check=True)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure(fw: Framework, args, env: dict) -> dict:
+    out: dict = {}
+    with tempfile.TemporaryDirectory(prefix=f"bench-{fw.name}-") as tmp:
+        work = Path(tmp)
+        out["help_s"] = median_time(fw.help_command(), env)
+        firsts, one_cpu = [], []
+        for _ in range(3):
+            r = run_spec(fw, work, 1, 1, args.latency, env)
+            firsts.append(r["first"])
+            one_cpu.append(r["cpu"])
+        out["first_s"] = statistics.median(firsts)
+        base_cpu = statistics.median(one_cpu)
+        cpu_per_call = []
+        for c in args.connections:
+            n = args.waves * c
+            r = run_spec(fw, work, c, n, args.latency, env)
+            ideal = c / args.latency
+            out[f"ratio@{c}"] = (n / r["span"]) / ideal
+            out[f"inflight@{c}"] = r["max_in_flight"]
+            cpu_per_call.append(1000 * (r["cpu"] - base_cpu) / (n - 1))
+            print(f"  {fw.name:10s} {c:4d} connections: {n} calls in {r['span']:.2f} s "
+                  f"(ideal {n / ideal:.2f} s) -> {out[f'ratio@{c}']:.3f} of ideal; "
+                  f"CPU {cpu_per_call[-1]:.2f} ms/call", flush=True)
+        out["cpu_ms"] = statistics.median(cpu_per_call)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--connections", default="10,50,200",
+                        type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--latency", type=float, default=1.0, help="server latency, seconds")
+    parser.add_argument("--waves", type=int, default=10, help="calls per connection")
+    parser.add_argument("--skip-inspect", action="store_true")
+    args = parser.parse_args()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OVERSIGHT_DB",))}
+    env.update(OPENAI_API_KEY="bench-not-a-key", INSPECT_LOG_LEVEL="warning",
+               INSPECT_DISPLAY="none")
+    load0 = os.getloadavg()
+    print(f"{os.cpu_count()} cores, load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}; "
+          f"latency {args.latency} s, {args.waves} calls per connection", flush=True)
+    frameworks = [Oversight()] + ([] if args.skip_inspect else [Inspect()])
+    results = {fw.name: measure(fw, args, env) for fw in frameworks}
+    load1 = os.getloadavg()
+    rows = ([f"ratio@{c}" for c in args.connections] + ["cpu_ms", "help_s", "first_s"])
+    labels = {**{f"ratio@{c}": f"achieved / ideal, {c} connections" for c in args.connections},
+              "cpu_ms": "CPU ms per call", "help_s": "--help seconds",
+              "first_s": "launch -> first request, s"}
+    names = list(results)
+    print()
+    print("| metric | " + " | ".join(names) + (" | oversight / inspect_ai" if len(names) > 1 else "")
+          + " | floor (oversight) |")
+    print("|---|" + "---|" * (len(names) + (2 if len(names) > 1 else 1)))
+    for key in rows:
+        vals = [results[n][key] for n in names]
+        cells = [f"{v:.3f}" if "ratio" in key else f"{v:.2f}" for v in vals]
+        ratio = f" | {vals[0] / vals[1]:.2f}" if len(vals) > 1 and vals[1] else ""
+        floor = FLOORS.get(key)
+        ok = "" if floor is None else (
+            f"{'≥' if 'ratio' in key else '≤'} {floor} "
+            + ("✓" if (vals[0] >= floor if "ratio" in key else vals[0] <= floor) else "✗"))
+        print(f"| {labels[key]} | " + " | ".join(cells) + ratio + f" | {ok} |")
+    print(f"\nload average after: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
