@@ -10,27 +10,35 @@ from dataclasses import asdict
 
 from .models import ModelConfig, ModelRequest, ModelResponse, cache_key
 from .models.base import TokenLogprob
-from .store import Store
+from .store import Store, Writer, utcnow
 
 MAX_SAMPLES_SEARCHED = 64  # how far to look for the sample index of a repeated request
 
 
 class StoreCache:
-    def __init__(self, store: Store):
-        self.store = store
+    """Reads see entries still queued in the run's writer; writes go through it."""
+
+    def __init__(self, store: Store, writer: Writer | None = None):
+        self.store, self.writer = store, writer
 
     async def get(self, key: str) -> ModelResponse | None:
-        row = self.store.cache_get(key)
+        row = self.writer.pending_cache.get(key) if self.writer is not None else None
+        if row is None:
+            row = self.store.cache_get(key)
         if row is None:
             return None
         lps = row.get("logprobs")
         return ModelResponse(**{**row, "logprobs": [TokenLogprob(**t) for t in lps] if lps else None})
 
     async def put(self, key: str, config: ModelConfig, request: ModelRequest, response: ModelResponse) -> None:
-        self.store.cache_put({"key": key, "provider": config.provider, "model": config.model,
-                              "request": {**request.as_dict(), "base_url": config.base_url,
-                                          "options": config.output_options()},
-                              "response": asdict(response)})
+        row = {"key": key, "provider": config.provider, "model": config.model,
+               "request": {**request.as_dict(), "base_url": config.base_url,
+                           "options": config.output_options()},
+               "response": asdict(response), "created_at": utcnow()}
+        if self.writer is not None:
+            self.writer.cache(row)
+        else:
+            self.store.cache_put(row)
 
 
 def _request_of(call: dict, config: ModelConfig) -> ModelRequest:

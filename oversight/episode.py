@@ -123,9 +123,18 @@ class Episode:
         """Simultaneous turns: none sees the others' messages until all have finished."""
         token = _horizon.set(len(self.transcript))
         try:
-            return await asyncio.gather(*turns)
+            tasks = [asyncio.ensure_future(t) for t in turns]
         finally:
-            _horizon.reset(token)
+            _horizon.reset(token)  # the tasks copied the horizon when they were created
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            # One turn failed (or we were cancelled): the others must not outlive the episode.
+            pending = [t for t in tasks if not t.done()]
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        return [t.result() for t in tasks]  # raises the first failure, in turn order
 
     async def in_order(self, *turns: Awaitable[Any]) -> list[Any]:
         """Sequential turns: each sees the ones before it."""

@@ -13,13 +13,15 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from . import __version__
-from .episode import Episode, Message
 from .cache import StoreCache
+from .episode import Episode, Message
 from .models import Budget, BudgetExhausted, CallRecord, Model, ModelResponse
 from .prompts import PromptLibrary
 from .spec import EpisodePlan, LoadedSpec
-from .store import Run, Store, utcnow
+from .store import MessageRow, ModelCallRow, Run, Store, VerdictRow, Writer, utcnow
 from .verdict import Verdict
+
+MESSAGES, CALLS, VERDICTS = MessageRow.__table__, ModelCallRow.__table__, VerdictRow.__table__
 
 # Episode states a resume runs again; "failed" only with retry_failed; "done" never.
 INCOMPLETE = ("pending", "running", "interrupted", "stopped")
@@ -53,24 +55,24 @@ class RunSummary:
 
 
 class StoreRecorder:
-    """Writes one episode's messages and calls as they are produced."""
+    """Queues one episode's messages and calls for the store as they are produced."""
 
-    def __init__(self, store: Store, episode_id: int, progress: Progress, summary: RunSummary):
-        self.store, self.episode_id, self.progress, self.summary = store, episode_id, progress, summary
+    def __init__(self, writer: Writer, episode_id: int, progress: Progress, summary: RunSummary):
+        self.writer, self.episode_id, self.progress, self.summary = writer, episode_id, progress, summary
 
     async def message(self, m: Message, response: ModelResponse | None, latency: float) -> None:
-        self.store.add_message({
+        self.writer.insert(MESSAGES, {
             "episode_id": self.episode_id, "idx": m.idx, "role": m.role, "kind": m.kind,
             "round": m.round, "model": m.model, "content": m.content, "shown": m.shown,
             "visible_to": sorted(m.visible_to) if m.visible_to is not None else None,
-            "quotes": m.quotes, "latency_s": latency,
+            "quotes": m.quotes, "latency_s": latency, "created_at": utcnow(),
             "tokens_in": response.tokens_in if response else None,
             "tokens_out": response.tokens_out if response else None,
         })
 
     async def call(self, r: CallRecord, role: str) -> None:
         resp = r.response
-        self.store.add_call({
+        self.writer.insert(CALLS, {
             "episode_id": self.episode_id, "role": role, "provider": r.provider, "model": r.model,
             "request": r.request, "response": resp.raw if resp else None,
             "text": resp.text if resp else None, "tokens_in": resp.tokens_in if resp else None,
@@ -79,7 +81,7 @@ class StoreRecorder:
             "tokens_reasoning": resp.tokens_reasoning if resp else None,
             "latency_s": r.latency, "attempt": r.attempt, "error": r.error,
             "error_kind": r.error_kind, "cost_usd": r.cost_usd, "cache_key": r.cache_key,
-            "cache_hit": r.cache_hit,
+            "cache_hit": r.cache_hit, "created_at": utcnow(),  # when it happened, not when flushed
         })
         s = self.summary
         if r.cache_hit:
@@ -115,6 +117,17 @@ def register_run(loaded: LoadedSpec, store: Store) -> str:
     return loaded.run_id
 
 
+def _episode_row(plan: EpisodePlan, run_id: str, configs: dict) -> dict:
+    item = plan.item
+    return {"run_id": run_id, "key": plan.key, "item_id": item.key, "protocol": plan.protocol.name,
+            "variant": plan.variant, "params": plan.params.model_dump(mode="json"),
+            "assignment": plan.assignment.for_item(item), "dispositions": plan.dispositions,
+            "misaligned": plan.misaligned, "roles": plan.roles,
+            "models": {a: configs[a] for a in set(plan.roles.values())}, "seed": plan.seed,
+            "status": "pending", "n_calls": 0, "tokens_in": 0, "tokens_out": 0,
+            "tokens_cached": 0, "cache_hits": 0}
+
+
 async def run_batch(loaded: LoadedSpec, store: Store, prompts: PromptLibrary, *,
                     retry_failed: bool = False, progress: Progress | None = None,
                     models: dict[str, Model] | None = None, use_cache: bool = True,
@@ -123,7 +136,8 @@ async def run_batch(loaded: LoadedSpec, store: Store, prompts: PromptLibrary, *,
     progress = progress or _Quiet()
     run_id = register_run(loaded, store)
     planned_at = utcnow()  # episodes another process starts after this are its, not ours
-    pending = todo(loaded.plans, store.episode_status(run_id), retry_failed)
+    status = store.episode_status(run_id)
+    pending = todo(loaded.plans, status, retry_failed)
     summary = RunSummary(run_id, planned=len(loaded.plans), skipped=len(loaded.plans) - len(pending))
     progress.start(len(loaded.plans), summary.skipped)
     if budget is None and (loaded.spec.budget.usd or loaded.spec.budget.tokens):
@@ -135,8 +149,12 @@ async def run_batch(loaded: LoadedSpec, store: Store, prompts: PromptLibrary, *,
         store.set_run_status(run_id, summary.status)
         return summary
 
+    configs = {alias: cfg.public() for alias, cfg in loaded.models.items()}
+    ids = store.create_episodes(run_id, [_episode_row(p, run_id, configs) for p, ep_id in pending
+                                         if ep_id is None])
+    writer = store.writer()
     needed = {alias for plan, _ in pending for alias in plan.roles.values()}
-    cache = StoreCache(store) if use_cache else None
+    cache = StoreCache(store, writer) if use_cache else None
     models = models or {alias: Model(alias, loaded.models[alias], cache=cache, budget=budget)
                         for alias in needed}
     store.set_run_status(run_id, "running")
@@ -146,19 +164,26 @@ async def run_batch(loaded: LoadedSpec, store: Store, prompts: PromptLibrary, *,
         async with gate:
             if budget is not None and budget.exhausted:
                 return  # never started: stays pending for the next run
-            status = await run_episode(plan, existing, run_id, store, prompts, models, progress, summary,
-                                       planned_at=planned_at)
-        summary.counts[status] = summary.counts.get(status, 0) + 1
-        progress.episode(status)
+            ep_id = ids[plan.key][0]
+            if not store.claim_episode(ep_id, planned_at, reset=existing is not None):
+                result = "skipped"  # another process runs it
+            else:
+                result = await run_episode(plan, ep_id, prompts, models, writer, progress, summary)
+        summary.counts[result] = summary.counts.get(result, 0) + 1
+        progress.episode(result)
 
+    flusher = asyncio.create_task(writer.run())
     try:
         await asyncio.gather(*(one(plan, ep_id) for plan, ep_id in pending))
+        writer.flush()
         summary.status = ("budget_exhausted" if budget is not None and budget.exhausted
                           and summary.counts.get("done", 0) < len(pending) else _final_status(store, run_id))
     except asyncio.CancelledError:
         summary.status = "interrupted"
         raise
     finally:
+        flusher.cancel()
+        writer.flush()  # what finished before a Ctrl-C or an error is kept
         store.set_run_status(run_id, summary.status if summary.status != "running" else "interrupted")
         await asyncio.shield(_close(models.values()))
     return summary
@@ -173,31 +198,24 @@ def _final_status(store: Store, run_id: str) -> str:
     return "finished" if states <= {"done"} else "incomplete"
 
 
-async def run_episode(plan: EpisodePlan, existing: int | None, run_id: str, store: Store,
-                      prompts: PromptLibrary, models: dict[str, Model], progress: Progress,
-                      summary: RunSummary, planned_at: str | None = None) -> str:
-    """Run one episode to a stored verdict, or record why it could not finish; "skipped"
-    when another process claimed it after `planned_at` (see Store.start_episode)."""
+async def run_episode(plan: EpisodePlan, ep_id: int, prompts: PromptLibrary,
+                      models: dict[str, Model], writer: Writer, progress: Progress,
+                      summary: RunSummary) -> str:
+    """Run one claimed episode to a verdict, or record why it could not finish."""
     item = plan.item
-    ep_id = store.start_episode({
-        "run_id": run_id, "key": plan.key, "item_id": item.key, "protocol": plan.protocol.name,
-        "variant": plan.variant, "params": plan.params.model_dump(mode="json"),
-        "assignment": plan.assignment.for_item(item), "dispositions": plan.dispositions,
-        "misaligned": plan.misaligned, "roles": plan.roles,
-        "models": {a: models[a].config.public() for a in set(plan.roles.values())},
-        "seed": plan.seed,
-    }, existing, planned_at)
-    if ep_id is None:
-        return "skipped"
     ep = Episode(item=item, protocol=plan.protocol, params=plan.params,
                  models={r: models[a] for r, a in plan.roles.items()},
                  assignment=dict(plan.assignment.answers), dispositions=plan.dispositions,
-                 prompts=prompts, recorder=StoreRecorder(store, ep_id, progress, summary))
+                 prompts=prompts, recorder=StoreRecorder(writer, ep_id, progress, summary))
     t0 = time.perf_counter()
 
     def finish(verdict: dict | None, status: str, error: str | None = None) -> str:
-        store.finish_episode(ep_id, verdict, {**ep.totals(), "duration_s": time.perf_counter() - t0},
-                             status=status, error=error)
+        # Verdict and status go in the same flush: an episode is done exactly when its
+        # verdict is stored.
+        if verdict is not None:
+            writer.insert(VERDICTS, {"episode_id": ep_id, "created_at": utcnow(), **verdict})
+        writer.update_episode(ep_id, {**ep.totals(), "duration_s": time.perf_counter() - t0,
+                                      "status": status, "error": error, "finished_at": utcnow()})
         return status
 
     try:

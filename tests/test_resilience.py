@@ -330,10 +330,8 @@ def test_faulty_batch_ends_consistent_and_rerun_finishes_the_rest(tmp_path, serv
 
 def test_failed_simultaneous_turn_does_not_outlive_its_episode(tmp_path, server):
     """Debate's simultaneous speeches (Episode.together): when one debater's call fails for
-    good, the episode is recorded failed at once, yet the other debater's call goes on and is
-    written to the store after the episode's final row (n_calls no longer matches model_calls,
-    a message appears in a finished transcript). Episode.together should cancel or await its
-    sibling turns before the error propagates."""
+    good, the other debater's call must not go on and be written after the episode's final
+    row (n_calls would no longer match model_calls, a finished transcript would grow)."""
     srv = server
     srv.faults = lambda index, req: ({"kind": "auth"} if req.get("model") == "fake-a"
                                      else {"kind": "slow", "delay": 0.3})
@@ -353,10 +351,7 @@ def test_failed_simultaneous_turn_does_not_outlive_its_episode(tmp_path, server)
         late += q(db, """SELECT count(*) AS n FROM messages WHERE episode_id = ?
                          AND created_at > ?""", e["id"], e["finished_at"])[0]["n"]
         rows = q(db, "SELECT count(*) AS n FROM model_calls WHERE episode_id = ?", e["id"])[0]["n"]
-        if late or rows != e["n_calls"]:
-            pytest.xfail("known bug (oversight/episode.py, Episode.together): a sibling turn "
-                         f"outlives its failed episode: {late} row(s) written after it "
-                         f"finished, n_calls {e['n_calls']} vs {rows} model_calls rows")
+        assert late == 0 and rows == e["n_calls"], (late, rows, e["n_calls"])
 
 
 # --- 2. fatal errors fail at once; 429 waits as long as the server says ---------------------
@@ -469,7 +464,8 @@ def test_kill_9_then_resume_does_exactly_the_missing_episodes(tmp_path, server):
     done_before = {e["key"]: e for e in eps if e["status"] == "done"}
     assert concurrency <= len(done_before) < planned
     # What a kill -9 loses is the calls in flight: at most one episode per concurrency slot.
-    assert all(e["status"] in ("done", "running") for e in eps)
+    # (Every planned episode has a row from the start; the ones not reached are pending.)
+    assert all(e["status"] in ("done", "running", "pending") for e in eps)
     assert sum(e["status"] == "running" for e in eps) <= concurrency
     for e in done_before.values():
         assert q(db, "SELECT count(*) AS n FROM verdicts WHERE episode_id = ?",
@@ -634,15 +630,15 @@ async def test_budget_stops_cleanly_and_raising_it_resumes(tmp_path, case):
         assert q(db, "SELECT status FROM runs")[0]["status"] == "budget_exhausted"
         eps = q(db, "SELECT * FROM episodes")
         # Nobody failed for the budget: episodes are done, stopped (the cap was reached
-        # before one of their calls) or never started (no row); stopped ones say why.
-        assert {e["status"] for e in eps} <= {"done", "stopped"}, [e["error"] for e in eps]
+        # before one of their calls) or never started (pending); stopped ones say why.
+        assert {e["status"] for e in eps} <= {"done", "stopped", "pending"}, [e["error"] for e in eps]
         assert all("budget" in e["error"] for e in eps if e["status"] == "stopped")
-        assert len(eps) < planned
+        assert len(eps) == planned and any(e["status"] == "pending" for e in eps)
         if case == "tokens-debate":
-            assert [e["status"] for e in eps] == ["stopped"] * concurrency
+            assert [e["status"] for e in eps if e["status"] != "pending"] == ["stopped"] * concurrency
         else:
             assert 0 < sum(e["status"] == "done" for e in eps) < planned
-        check_consistent(db, loaded, allowed=("done", "stopped"), all_started=False)
+        check_consistent(db, loaded, allowed=("done", "stopped", "pending"), all_started=False)
         # Calls in flight when the cap was reached finished normally: no attempt was cut.
         calls = q(db, "SELECT * FROM model_calls")
         assert calls and all(r["error"] is None and r["response"] is not None for r in calls)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable, Protocol
 
 from tenacity import (AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt,
-                      stop_before_delay, wait_exponential_jitter)
+                      stop_before_delay, wait_random_exponential)
 
 from ..errors import ModelError
 from .base import ModelConfig, ModelRequest, ModelResponse, Provider
@@ -115,6 +115,10 @@ class Model:
 
             self._rpm = AsyncLimiter(config.rpm, 60) if config.rpm else None
             self._tpm = AsyncLimiter(config.tpm, 60) if config.tpm else None
+        # Full jitter: uniform in [0, min(max, initial * 2^attempt)], so callers that failed
+        # together do not come back together.
+        self._backoff = wait_random_exponential(multiplier=config.retry.backoff_initial,
+                                                max=config.retry.backoff_max)
         self._started = False
         self._start_lock = asyncio.Lock()
 
@@ -148,8 +152,6 @@ class Model:
 
     async def _attempt(self, request: ModelRequest, number: int, key: str | None,
                        sink: CallSink | None) -> ModelResponse:
-        if self.budget is not None:
-            self.budget.check()
         if (pause := self._cooldown_until - time.monotonic()) > 0:
             await asyncio.sleep(pause)  # the server asked every caller to wait, not just one
         if self._rpm is not None:
@@ -157,6 +159,8 @@ class Model:
         if self._tpm is not None:
             await self._tpm.acquire(min(self._tpm.max_rate, _estimate_tokens(request)))
         async with self._slots:
+            if self.budget is not None:  # checked once a slot is free: calls queued behind a
+                self.budget.check()      # cap do not all start after the budget is gone
             if self._endpoint is not None:
                 await self._endpoint.acquire()
             t0 = time.perf_counter()
@@ -185,8 +189,7 @@ class Model:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, ModelError) and exc.retry_after is not None:
             return min(exc.retry_after, self.config.retry.max_seconds)
-        policy = self.config.retry
-        return wait_exponential_jitter(initial=policy.backoff_initial, max=policy.backoff_max)(state)
+        return self._backoff(state)
 
     async def aclose(self) -> None:
         if self._started:

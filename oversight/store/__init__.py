@@ -11,10 +11,22 @@ from sqlmodel import Session
 
 from .db import DEFAULT_DB, create_store_engine, resolve_url
 from .migrations import MIGRATIONS, migrate, schema_version
+from .writer import Writer
 from .tables import CacheEntry, EpisodeRow, ItemRow, MessageRow, ModelCallRow, Run, VerdictRow, utcnow
 
 __all__ = ["Store", "Run", "ItemRow", "EpisodeRow", "MessageRow", "ModelCallRow", "VerdictRow", "CacheEntry",
-           "DEFAULT_DB", "resolve_url", "migrate", "schema_version", "MIGRATIONS", "utcnow"]
+           "Writer", "DEFAULT_DB", "resolve_url", "migrate", "schema_version", "MIGRATIONS", "utcnow"]
+
+
+def _insert_ignore(table, dialect: str):
+    """INSERT that skips rows whose unique key exists (another process was first)."""
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        return insert(table)
+    return dialect_insert(table).on_conflict_do_nothing()
 
 
 class Store:
@@ -76,51 +88,41 @@ class Store:
                                 .where(EpisodeRow.run_id == run_id))
             return {k: (i, s) for k, i, s in rows}
 
-    def start_episode(self, values: dict, existing_id: int | None = None,
-                      planned_at: str | None = None) -> int | None:
-        """Create the episode row, or reset a previous incomplete attempt (its partial
-        transcript is removed so nothing is done twice) and mark it running.
-
-        With `planned_at` (when the caller read the episode states) this is a claim: it
-        returns None, touching nothing, if another process started or finished the episode
-        since then (two runs of one spec on one store share the work instead of colliding)."""
-        values = {**values, "status": "running", "started_at": utcnow(), "error": None,
-                  "finished_at": None, "n_calls": 0, "tokens_in": 0, "tokens_out": 0,
-                  "tokens_cached": 0, "cost_usd": None, "cache_hits": 0}
-        try:
+    def create_episodes(self, run_id: str, rows: list[dict]) -> dict[str, tuple[int, str]]:
+        """Insert, in one transaction, the planned episodes not stored yet (status pending);
+        another process inserting the same ones meanwhile is fine. Returns key -> (id, status)
+        for every episode of the run."""
+        if rows:
             with self.engine.begin() as conn:
-                if existing_id is not None:
-                    stmt = update(EpisodeRow).where(EpisodeRow.id == existing_id)
-                    if planned_at is not None:
-                        stmt = stmt.where(EpisodeRow.status != "done",
-                                          EpisodeRow.started_at.is_(None)
-                                          | (EpisodeRow.started_at <= planned_at))
-                    if conn.execute(stmt.values(**values)).rowcount == 0:
-                        return None
-                    for table in (VerdictRow, MessageRow, ModelCallRow):
-                        conn.execute(delete(table).where(table.episode_id == existing_id))
-                    return existing_id
-                return conn.execute(insert(EpisodeRow).values(**values)).inserted_primary_key[0]
-        except IntegrityError:
-            if planned_at is None or existing_id is not None:
-                raise
-            return None  # another process created this episode after we planned
+                conn.execute(_insert_ignore(EpisodeRow.__table__, conn.dialect.name), rows)
+        return self.episode_status(run_id)
+
+    def claim_episode(self, episode_id: int, planned_at: str, reset: bool) -> bool:
+        """Mark an episode running, unless it is done or another process started it after
+        `planned_at` (when this run read the episode states): two runs of one spec on one
+        store share the work instead of doing it twice. With `reset`, a previous attempt's
+        transcript, verdict and calls go, so an episode's rows are those of its last attempt."""
+        ep = EpisodeRow.__table__
+        with self.engine.begin() as conn:
+            claimed = conn.execute(
+                update(ep).where(ep.c.id == episode_id, ep.c.status != "done",
+                                 ep.c.started_at.is_(None) | (ep.c.started_at <= planned_at))
+                .values(status="running", started_at=utcnow(), error=None, finished_at=None,
+                        n_calls=0, tokens_in=0, tokens_out=0, tokens_cached=0, cost_usd=None,
+                        cache_hits=0)).rowcount
+            if claimed and reset:
+                for table in (VerdictRow.__table__, MessageRow.__table__, ModelCallRow.__table__):
+                    conn.execute(delete(table).where(table.c.episode_id == episode_id))
+        return bool(claimed)
+
+    def writer(self) -> Writer:
+        return Writer(self.engine)
 
     def add_message(self, values: dict) -> int:
         return self._exec(insert(MessageRow).values(**values)).inserted_primary_key[0]
 
     def add_call(self, values: dict) -> None:
         self._exec(insert(ModelCallRow).values(**values))
-
-    def finish_episode(self, episode_id: int, verdict: dict | None, totals: dict,
-                       status: str = "done", error: str | None = None) -> None:
-        """Verdict and final status in one transaction: an episode is done exactly when its
-        verdict is stored."""
-        with self.engine.begin() as conn:
-            if verdict is not None:
-                conn.execute(insert(VerdictRow).values(episode_id=episode_id, **verdict))
-            conn.execute(update(EpisodeRow).where(EpisodeRow.id == episode_id).values(
-                status=status, error=error, finished_at=utcnow(), **totals))
 
     def cache_get(self, key: str) -> dict | None:
         with self.engine.connect() as conn:
