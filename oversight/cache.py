@@ -6,8 +6,6 @@ that change the output, and a sample index; this module only stores and explains
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from .models import ModelConfig, ModelRequest, ModelResponse, cache_key
 from .models.base import TokenLogprob
 from .store import Store, Writer, utcnow
@@ -18,12 +16,15 @@ MAX_SAMPLES_SEARCHED = 64  # how far to look for the sample index of a repeated 
 class StoreCache:
     """Reads see entries still queued in the run's writer; writes go through it."""
 
-    def __init__(self, store: Store, writer: Writer | None = None):
+    def __init__(self, store: Store, writer: Writer | None = None, models: list[str] | None = None):
         self.store, self.writer = store, writer
+        # The keys already stored for these models, read once: a run of new requests then
+        # costs no query per call (an entry another process adds meanwhile is only a miss).
+        self.keys = store.cache_keys(models) if models is not None else None
 
     async def get(self, key: str) -> ModelResponse | None:
         row = self.writer.pending_cache.get(key) if self.writer is not None else None
-        if row is None:
+        if row is None and (self.keys is None or key in self.keys):
             row = self.store.cache_get(key)
         if row is None:
             return None
@@ -34,11 +35,21 @@ class StoreCache:
         row = {"key": key, "provider": config.provider, "model": config.model,
                "request": {**request.as_dict(), "base_url": config.base_url,
                            "options": config.output_options()},
-               "response": asdict(response), "created_at": utcnow()}
+               "response": _as_row(response), "created_at": utcnow()}
+        if self.keys is not None:
+            self.keys.add(key)
         if self.writer is not None:
             self.writer.cache(row)
         else:
             self.store.cache_put(row)
+
+
+def _as_row(response: ModelResponse) -> dict:
+    """The response as JSON-able data; shallow, where dataclasses.asdict deep-copies `raw`."""
+    row = dict(vars(response))
+    if response.logprobs:
+        row["logprobs"] = [vars(t) for t in response.logprobs]
+    return row
 
 
 def _request_of(call: dict, config: ModelConfig) -> ModelRequest:

@@ -23,18 +23,24 @@ class PromptLibrary:
             undefined=jinja2.StrictUndefined,  # a typo in a template fails loudly, not silently
             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False,
             autoescape=False,  # prompts are plain text, not HTML
+            auto_reload=False,  # no stat() of the template file on every call of a run
         )
+        self._found: dict[tuple[str, str, str | None], str] = {}
         self.env.filters["letter"] = lambda i: chr(ord("A") + int(i))
 
     def find(self, protocol: str, role: str, purpose: str | None = None) -> str:
         """The template for a role: <protocol>/<role>[_<purpose>].j2, else the role family
         (debater_a -> debater), else an error listing what was tried."""
+        key = (protocol, role, purpose)
+        if key in self._found:
+            return self._found[key]
         family = role.rsplit("_", 1)[0] if role.rsplit("_", 1)[-1] in ("a", "b", "c", "d") else role
         suffix = f"_{purpose}" if purpose else ""
         tried = [f"{protocol}/{role}{suffix}.j2", f"{protocol}/{family}{suffix}.j2"]
         for name in tried:
             try:
                 self.env.get_template(name)
+                self._found[key] = name
                 return name
             except jinja2.TemplateNotFound:
                 continue

@@ -97,6 +97,33 @@ class StoreRecorder:
         self.progress.call(r)
 
 
+class Claims:
+    """Claims episodes a batch at a time (one transaction each, not one per episode), in the
+    order the runner starts them."""
+
+    MAX_BATCH = 500  # ids in one SQL IN (...)
+
+    def __init__(self, store: Store, planned_at: str, order: list[tuple[int, bool]], batch: int):
+        self.store, self.planned_at = store, planned_at
+        self.order = [ep_id for ep_id, _ in order]
+        self.reset = {ep_id for ep_id, redo in order if redo}
+        self.position = {ep_id: i for i, ep_id in enumerate(self.order)}
+        self.batch = max(1, min(batch, self.MAX_BATCH))
+        self.decided: dict[int, bool] = {}  # claimed (True) or lost (False), not yet taken
+
+    def take(self, ep_id: int) -> bool:
+        """Whether this process runs the episode; claims it and the next ones if needed."""
+        if ep_id not in self.decided:
+            start = self.position[ep_id]
+            chunk = [i for i in self.order[start:start + self.batch] if i not in self.decided]
+            won = self.store.claim_episodes(chunk, self.planned_at, self.reset)
+            self.decided.update({i: i in won for i in chunk})
+        return self.decided.pop(ep_id)
+
+    def unstarted(self) -> list[int]:
+        return [ep_id for ep_id, won in self.decided.items() if won]
+
+
 def todo(plans: list[EpisodePlan], status: dict[str, tuple[int, str]],
          retry_failed: bool) -> list[tuple[EpisodePlan, int | None]]:
     """(plan, existing episode id or None) for every episode that still has to run."""
@@ -154,18 +181,20 @@ async def run_batch(loaded: LoadedSpec, store: Store, prompts: PromptLibrary, *,
                                          if ep_id is None])
     writer = store.writer()
     needed = {alias for plan, _ in pending for alias in plan.roles.values()}
-    cache = StoreCache(store, writer) if use_cache else None
+    cache = StoreCache(store, writer, sorted({loaded.models[a].model for a in needed})) if use_cache else None
     models = models or {alias: Model(alias, loaded.models[alias], cache=cache, budget=budget)
                         for alias in needed}
     store.set_run_status(run_id, "running")
     gate = asyncio.Semaphore(loaded.spec.concurrency)
+    claims = Claims(store, planned_at, [(ids[p.key][0], ep_id is not None) for p, ep_id in pending],
+                    batch=loaded.spec.concurrency)
 
     async def one(plan: EpisodePlan, existing: int | None) -> None:
         async with gate:
             if budget is not None and budget.exhausted:
                 return  # never started: stays pending for the next run
             ep_id = ids[plan.key][0]
-            if not store.claim_episode(ep_id, planned_at, reset=existing is not None):
+            if not claims.take(ep_id):
                 result = "skipped"  # another process runs it
             else:
                 result = await run_episode(plan, ep_id, prompts, models, writer, progress, summary)
@@ -184,6 +213,7 @@ async def run_batch(loaded: LoadedSpec, store: Store, prompts: PromptLibrary, *,
     finally:
         flusher.cancel()
         writer.flush()  # what finished before a Ctrl-C or an error is kept
+        store.release_episodes(claims.unstarted())
         store.set_run_status(run_id, summary.status if summary.status != "running" else "interrupted")
         await asyncio.shield(_close(models.values()))
     return summary

@@ -290,7 +290,12 @@ def test_faulty_batch_ends_consistent_and_rerun_finishes_the_rest(tmp_path, serv
     assert sum(r["error"] is not None for r in rows) == faulted
     kinds = {r["error_kind"] for r in rows if r["error"] is not None}
     assert kinds <= set().union(*(k for _, k in FAULTS.values()))
-    assert {"rate_limit", "server", "overloaded", "connection", "malformed", "timeout"} <= kinds
+    # Every kind the server injected was recorded as what it is. (Which kinds land depends
+    # on request order, so check the ones the server reports, and that there were many.)
+    injected = {k for k in srv.stats["faulted"] if k in FAULTS}
+    assert len(injected) >= 6, srv.stats["faulted"]
+    for k in injected:
+        assert FAULTS[k][1] & kinds, (k, sorted(kinds))
     # Exactly the poisoned episode failed, after MAX_ATTEMPTS tries, naming the status.
     failed = [e for e in by_key.values() if e["status"] == "failed"]
     assert [(e["protocol"], e["item_id"]) for e in failed] == [("direct", poisoned_item.key)]

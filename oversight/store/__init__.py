@@ -97,23 +97,32 @@ class Store:
                 conn.execute(_insert_ignore(EpisodeRow.__table__, conn.dialect.name), rows)
         return self.episode_status(run_id)
 
-    def claim_episode(self, episode_id: int, planned_at: str, reset: bool) -> bool:
-        """Mark an episode running, unless it is done or another process started it after
-        `planned_at` (when this run read the episode states): two runs of one spec on one
-        store share the work instead of doing it twice. With `reset`, a previous attempt's
-        transcript, verdict and calls go, so an episode's rows are those of its last attempt."""
+    def claim_episodes(self, ids: list[int], planned_at: str, reset: set[int]) -> set[int]:
+        """Mark episodes running, in one transaction, unless done or started by another
+        process after `planned_at` (when this run read the episode states): two runs of one
+        spec on one store share the work instead of doing it twice. Returns the ids won.
+        Those in `reset` lose a previous attempt's transcript, verdict and calls, so an
+        episode's rows are those of its last attempt."""
         ep = EpisodeRow.__table__
         with self.engine.begin() as conn:
-            claimed = conn.execute(
-                update(ep).where(ep.c.id == episode_id, ep.c.status != "done",
+            won = set(conn.execute(
+                update(ep).where(ep.c.id.in_(ids), ep.c.status != "done",
                                  ep.c.started_at.is_(None) | (ep.c.started_at <= planned_at))
                 .values(status="running", started_at=utcnow(), error=None, finished_at=None,
                         n_calls=0, tokens_in=0, tokens_out=0, tokens_cached=0, cost_usd=None,
-                        cache_hits=0)).rowcount
-            if claimed and reset:
+                        cache_hits=0)
+                .returning(ep.c.id)).scalars())
+            if stale := sorted(won & reset):
                 for table in (VerdictRow.__table__, MessageRow.__table__, ModelCallRow.__table__):
-                    conn.execute(delete(table).where(table.c.episode_id == episode_id))
-        return bool(claimed)
+                    conn.execute(delete(table).where(table.c.episode_id.in_(stale)))
+        return won
+
+    def release_episodes(self, ids: list[int]) -> None:
+        """Claimed but never started (Ctrl-C, budget): back to pending for the next run."""
+        if ids:
+            ep = EpisodeRow.__table__
+            self._exec(update(ep).where(ep.c.id.in_(ids), ep.c.status == "running")
+                       .values(status="pending", started_at=None))
 
     def writer(self) -> Writer:
         return Writer(self.engine)
@@ -127,6 +136,10 @@ class Store:
     def cache_get(self, key: str) -> dict | None:
         with self.engine.connect() as conn:
             return conn.execute(select(CacheEntry.response).where(CacheEntry.key == key)).scalar()
+
+    def cache_keys(self, models: list[str]) -> set[str]:
+        with self.engine.connect() as conn:
+            return set(conn.execute(select(CacheEntry.key).where(CacheEntry.model.in_(models))).scalars())
 
     def cache_put(self, values: dict) -> None:
         try:
