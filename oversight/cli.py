@@ -14,7 +14,9 @@ import typer
 
 app = typer.Typer(help="A lab bench for scalable-oversight research: run protocols over "
                        "question sets and review every transcript and verdict.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  # plain click help: rich help formatting costs ~0.15 s on every --help
+                  rich_markup_mode=None)
 
 DbOpt = Annotated[str | None, typer.Option(
     "--db", metavar="PATH|URL",
