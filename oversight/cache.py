@@ -67,9 +67,9 @@ def _diff(mine: dict, other: dict) -> list[str]:
     a, b = mine["messages"], other["messages"]
     if len(a) != len(b):
         out.append(f"messages: {len(a)} here, {len(b)} cached")
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
-            at = next((j for j, (p, q) in enumerate(zip(x["content"], y["content"])) if p != q),
+            at = next((j for j, (p, q) in enumerate(zip(x["content"], y["content"], strict=False)) if p != q),
                       min(len(x["content"]), len(y["content"])))
             out.append(f"messages[{i}] ({x['role']}): first difference at character {at}: "
                        f"{x['content'][at:at + 40]!r} here, {y['content'][at:at + 40]!r} cached")

@@ -51,7 +51,7 @@ class ModelEstimate:
         if self.price is None:
             return None
         return tuple((i * self.price.input + o * self.price.output) / 1e6
-                     for i, o in zip(self.tokens_in, self.tokens_out))
+                     for i, o in zip(self.tokens_in, self.tokens_out, strict=True))
 
 
 @dataclass

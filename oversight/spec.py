@@ -196,7 +196,7 @@ def _load_items(path: Path, spec: BatchSpec, limit: int | None) -> list[Item]:
 
 def _sweep_points(p: ProtocolSpec) -> list[dict[str, Any]]:
     keys = sorted(p.sweep)
-    return [dict(zip(keys, values)) for values in itertools.product(*(p.sweep[k] for k in keys))]
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(p.sweep[k] for k in keys))]
 
 
 def _expand(path: Path, spec: BatchSpec, registry: dict[str, ProtocolDef],

@@ -12,8 +12,15 @@ import httpx
 import pytest
 
 from oversight.errors import ModelError
-from oversight.models import CallRecord, Model, ModelConfig, ModelRequest, TokenLogprob
-from oversight.models import local, weights
+from oversight.models import (
+    CallRecord,
+    Model,
+    ModelConfig,
+    ModelRequest,
+    TokenLogprob,
+    local,
+    weights,
+)
 
 SECRET = "sk-test-SECRET123"
 

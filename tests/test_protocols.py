@@ -179,7 +179,7 @@ def test_debate_runs_both_orders_per_item(tmp_path):
     for p in plans:
         by_item.setdefault(p.item.key, []).append(p)
     assert len(by_item) == 5
-    for key, (p1, p2) in by_item.items():
+    for _key, (p1, p2) in by_item.items():
         gold = p1.item.answer_index
         assert {p1.assignment.label, p2.assignment.label} == {"a_correct", "b_correct"}
         a_correct = p1 if p1.assignment.label == "a_correct" else p2

@@ -515,7 +515,7 @@ def run_together(*commands: list[str], cwd: Path) -> list[tuple[int, str, str]]:
 
 
 def assert_no_lock_errors(db: Path, results) -> None:
-    for rc, stdout, stderr in results:
+    for _rc, _stdout, stderr in results:
         assert "locked" not in stderr.lower() and "Traceback" not in stderr, stderr[-3000:]
     errors = [e["error"] for e in q(db, "SELECT error FROM episodes WHERE error IS NOT NULL")]
     errors += [c["error"] for c in q(db, "SELECT error FROM model_calls WHERE error IS NOT NULL")]

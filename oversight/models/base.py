@@ -8,7 +8,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
 # Options that change a model's output (the rest size servers or set timeouts).
 _OUTPUT_OPTIONS = ("reasoning_effort", "seed", "extra_body", "top_p", "stop", "script", "rules",
                    "chat_template")

@@ -13,8 +13,14 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Protocol
 
-from tenacity import (AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt,
-                      stop_before_delay, wait_random_exponential)
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_random_exponential,
+)
 
 from ..errors import ModelError
 from .base import ModelConfig, ModelRequest, ModelResponse, Provider

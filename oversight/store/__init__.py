@@ -11,8 +11,17 @@ from sqlmodel import Session
 
 from .db import DEFAULT_DB, create_store_engine, resolve_url
 from .migrations import MIGRATIONS, migrate, schema_version
+from .tables import (
+    CacheEntry,
+    EpisodeRow,
+    ItemRow,
+    MessageRow,
+    ModelCallRow,
+    Run,
+    VerdictRow,
+    utcnow,
+)
 from .writer import Writer
-from .tables import CacheEntry, EpisodeRow, ItemRow, MessageRow, ModelCallRow, Run, VerdictRow, utcnow
 
 __all__ = ["Store", "Run", "ItemRow", "EpisodeRow", "MessageRow", "ModelCallRow", "VerdictRow", "CacheEntry",
            "Writer", "DEFAULT_DB", "resolve_url", "migrate", "schema_version", "MIGRATIONS", "utcnow"]
