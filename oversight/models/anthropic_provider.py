@@ -29,7 +29,13 @@ from anthropic.types import Message
 
 from ..errors import ModelError
 from .base import ModelConfig, ModelRequest, ModelResponse, Provider
-from .headers import attempt_timeout, classify_status, redact, retry_after_seconds
+from .headers import (
+    as_int,
+    attempt_timeout,
+    classify_status,
+    redact,
+    status_error,
+)
 
 __all__ = ["AnthropicProvider"]
 
@@ -132,9 +138,9 @@ class AnthropicProvider(Provider):
             raise ModelError("malformed response: no text content", retryable=True,
                              kind="malformed")
         usage = getattr(message, "usage", None)  # absent usage is not an error
-        fresh = _int(getattr(usage, "input_tokens", None))
-        cache_read = _int(getattr(usage, "cache_read_input_tokens", None))
-        cache_write = _int(getattr(usage, "cache_creation_input_tokens", None))
+        fresh = as_int(getattr(usage, "input_tokens", None))
+        cache_read = as_int(getattr(usage, "cache_read_input_tokens", None))
+        cache_write = as_int(getattr(usage, "cache_creation_input_tokens", None))
         # Anthropic splits the prompt three ways: `input_tokens` counts only the tokens after
         # the last cache breakpoint; cache reads and cache writes are reported beside it. Like
         # OpenAI's prompt_tokens, tokens_in here is the whole prompt (all three), and
@@ -149,10 +155,10 @@ class AnthropicProvider(Provider):
             text="".join(texts),
             model=getattr(message, "model", None) or self.config.model,
             tokens_in=tokens_in,
-            tokens_out=_int(getattr(usage, "output_tokens", None)),
+            tokens_out=as_int(getattr(usage, "output_tokens", None)),
             tokens_cached=cache_read,
             # Thinking tokens are part of output_tokens; the details split them out.
-            tokens_reasoning=_int(getattr(getattr(usage, "output_tokens_details", None),
+            tokens_reasoning=as_int(getattr(getattr(usage, "output_tokens_details", None),
                                           "thinking_tokens", None)),
             finish_reason=stop,
             logprobs=None,
@@ -166,9 +172,7 @@ class AnthropicProvider(Provider):
         if etype == "overloaded_error":
             kind, retryable = "overloaded", True
         headers = exc.response.headers if exc.response is not None else None
-        return ModelError(f"HTTP {status} ({kind}): {self._scrub(message)[:300]}",
-                          retryable=retryable, status=status, kind=kind,
-                          retry_after=retry_after_seconds(headers, status=status))
+        return status_error(status, kind, retryable, message, headers, self._secrets)
 
     def _scrub(self, text: str) -> str:
         return redact(text, self._secrets)
@@ -177,10 +181,6 @@ class AnthropicProvider(Provider):
         if self._client is not None:
             await self._client.close()
             self._client = None
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _error_fields(exc: anthropic.APIStatusError) -> tuple[str | None, str]:

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from ..errors import ModelError
+
 # --------------------------------------------------------------------------- retry-after
 
 _OPENAI_RESETS = ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
@@ -206,3 +208,16 @@ def redact(value: Any, secrets: tuple[str, ...] | list[str]) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(redact(v, secrets) for v in value)
     return value
+
+
+def as_int(value: Any) -> int | None:
+    """A token count from a usage field: an int (not a bool), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def status_error(status: int, kind: str, retryable: bool, message: str,
+                 headers: Mapping[str, str] | None, secrets: tuple[str, ...]) -> ModelError:
+    """The ModelError for an HTTP error status, its message scrubbed of any key."""
+    return ModelError(f"HTTP {status} ({kind}): {redact(message, secrets)[:300]}",
+                      retryable=retryable, status=status, kind=kind,
+                      retry_after=retry_after_seconds(headers, status=status))

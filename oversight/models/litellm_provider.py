@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import ModelError
 from .base import ModelConfig, ModelRequest, ModelResponse, Provider, TokenLogprob
-from .headers import attempt_timeout, classify_status, redact, retry_after_seconds
+from .headers import as_int, attempt_timeout, classify_status, redact, retry_after_seconds
 
 __all__ = ["LitellmProvider", "import_litellm"]
 
@@ -216,8 +216,8 @@ class LitellmProvider(Provider):
             # no tool call, no refusal, yet "stopped"): broken, not an empty answer.
             raise ModelError("malformed response: no content", retryable=True, kind="malformed")
         usage = _get(response, "usage")  # absent usage is not an error
-        tokens_in = _int(_get(usage, "prompt_tokens"))
-        tokens_out = _int(_get(usage, "completion_tokens"))
+        tokens_in = as_int(_get(usage, "prompt_tokens"))
+        tokens_out = as_int(_get(usage, "completion_tokens"))
         if not tokens_in and not tokens_out:
             # litellm fills a missing usage block with zeros; no real prompt is 0 tokens.
             tokens_in = tokens_out = None
@@ -232,8 +232,8 @@ class LitellmProvider(Provider):
             model=_get(response, "model") or self.config.model,
             tokens_in=tokens_in,
             tokens_out=tokens_out,
-            tokens_cached=_int(_get(_get(usage, "prompt_tokens_details"), "cached_tokens")),
-            tokens_reasoning=_int(_get(_get(usage, "completion_tokens_details"),
+            tokens_cached=as_int(_get(_get(usage, "prompt_tokens_details"), "cached_tokens")),
+            tokens_reasoning=as_int(_get(_get(usage, "completion_tokens_details"),
                                        "reasoning_tokens")),
             finish_reason=finish,
             logprobs=_logprobs(choice),
@@ -253,10 +253,6 @@ def _get(obj: Any, name: str) -> Any:
     if isinstance(obj, dict):
         return obj.get(name)
     return getattr(obj, name, None)
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _short(text: str) -> str:

@@ -17,7 +17,14 @@ import openai
 
 from ..errors import ModelError
 from .base import ModelConfig, ModelRequest, ModelResponse, Provider, TokenLogprob
-from .headers import RETRYABLE_STATUS, attempt_timeout, classify_status, redact, retry_after_seconds
+from .headers import (
+    RETRYABLE_STATUS,
+    as_int,
+    attempt_timeout,
+    classify_status,
+    redact,
+    status_error,
+)
 
 __all__ = ["RETRYABLE_STATUS", "OpenAIProvider", "is_reasoning_model"]
 
@@ -135,10 +142,10 @@ class OpenAIProvider(Provider):
         return ModelResponse(
             text=message.get("content") or "",
             model=data.get("model") or self.config.model,
-            tokens_in=_int(usage.get("prompt_tokens")),
-            tokens_out=_int(usage.get("completion_tokens")),
-            tokens_cached=_int(prompt_details.get("cached_tokens")),
-            tokens_reasoning=_int(completion_details.get("reasoning_tokens")),
+            tokens_in=as_int(usage.get("prompt_tokens")),
+            tokens_out=as_int(usage.get("completion_tokens")),
+            tokens_cached=as_int(prompt_details.get("cached_tokens")),
+            tokens_reasoning=as_int(completion_details.get("reasoning_tokens")),
             finish_reason=choice.get("finish_reason"),
             logprobs=_logprobs(choice),
             raw=redact(raw, self._secrets),
@@ -149,9 +156,7 @@ class OpenAIProvider(Provider):
         code, etype, message = _error_fields(exc)
         kind, retryable = classify_status(status, code, etype, message)
         headers = exc.response.headers if exc.response is not None else None
-        return ModelError(f"HTTP {status} ({kind}): {self._scrub(message)[:300]}",
-                          retryable=retryable, status=status, kind=kind,
-                          retry_after=retry_after_seconds(headers, status=status))
+        return status_error(status, kind, retryable, message, headers, self._secrets)
 
     def _scrub(self, text: str) -> str:
         return redact(text, self._secrets)
@@ -160,10 +165,6 @@ class OpenAIProvider(Provider):
         if self._client is not None:
             await self._client.close()
             self._client = None
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _logprobs(choice: dict) -> list[TokenLogprob] | None:
