@@ -65,7 +65,11 @@ async def _simulate(plans: list[EpisodePlan], configs: dict[str, ModelConfig], p
                     fraction: float) -> dict[str, tuple[int, int, int]]:
     """alias -> (calls, tokens in, tokens out) if every reply were `fraction` of max_tokens."""
     stand_ins = {a: _Estimator(c, fraction) for a, c in configs.items()}
-    models = {a: Model(a, c, provider=stand_ins[a]) for a, c in configs.items()}
+    # Stand-in calls cost nothing: no rpm/tpm pacing or endpoint cap (a real run's limits
+    # would make the dry run wait for minutes).
+    unlimited = {"rpm": None, "tpm": None, "endpoint_concurrency": None}
+    models = {a: Model(a, c.model_copy(update=unlimited), provider=stand_ins[a])
+              for a, c in configs.items()}
     for plan in plans:
         ep = Episode(item=plan.item, protocol=plan.protocol, params=plan.params,
                      models={r: models[a] for r, a in plan.roles.items()},

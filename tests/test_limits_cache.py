@@ -272,7 +272,7 @@ def twice_protocols(tmp_path_factory):
     return pdir
 
 
-async def test_identical_requests_hit_the_cache_in_a_new_run_and_no_cache_asks_again(
+async def test_identical_requests_in_a_new_run_are_all_cache_hits(
         tmp_path, twice_protocols):
     counter = iter(range(10_000))
     async with FakeServer(reply=lambda req: f"Answer: A\nConfidence: 80%\n(reply {next(counter)})") as srv:

@@ -89,16 +89,22 @@ def cache_key(config: ModelConfig, request: ModelRequest, sample: int) -> str:
     return hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-_endpoint_slots: dict[tuple[str, str | None], asyncio.Semaphore] = {}
+# Per event loop: an asyncio.Semaphore belongs to the loop it first waited in, so a second
+# batch in the same process (another asyncio.run) needs slots of its own.
+_endpoint_slots: dict[asyncio.AbstractEventLoop, dict[tuple[str, str | None], asyncio.Semaphore]] = {}
 
 
 def _endpoint_semaphore(config: ModelConfig) -> asyncio.Semaphore | None:
     if config.endpoint_concurrency is None:
         return None
+    loop = asyncio.get_running_loop()
+    for closed in [lp for lp in _endpoint_slots if lp.is_closed()]:
+        del _endpoint_slots[closed]
+    slots = _endpoint_slots.setdefault(loop, {})
     key = (config.provider, config.base_url)
-    if key not in _endpoint_slots:
-        _endpoint_slots[key] = asyncio.Semaphore(config.endpoint_concurrency)
-    return _endpoint_slots[key]
+    if key not in slots:
+        slots[key] = asyncio.Semaphore(config.endpoint_concurrency)
+    return slots[key]
 
 
 class Model:
@@ -113,7 +119,6 @@ class Model:
         self.cache, self.budget = cache, budget
         self.price = price_for(config)
         self._slots = asyncio.Semaphore(config.concurrency)
-        self._endpoint = _endpoint_semaphore(config)
         self._cooldown_until = 0.0
         self._rpm = self._tpm = None
         if config.rpm or config.tpm:
@@ -167,8 +172,9 @@ class Model:
         async with self._slots:
             if self.budget is not None:  # checked once a slot is free: calls queued behind a
                 self.budget.check()      # cap do not all start after the budget is gone
-            if self._endpoint is not None:
-                await self._endpoint.acquire()
+            endpoint = _endpoint_semaphore(self.config)  # looked up in the running loop
+            if endpoint is not None:
+                await endpoint.acquire()
             t0 = time.perf_counter()
             try:
                 response = await self.provider.complete(request)
@@ -180,8 +186,8 @@ class Model:
                                              exc.kind, cache_key=key))
                 raise
             finally:
-                if self._endpoint is not None:
-                    self._endpoint.release()
+                if endpoint is not None:
+                    endpoint.release()
         cost = cost_usd(response, self.price)
         if self.budget is not None:
             self.budget.add(cost, (response.tokens_in or 0) + (response.tokens_out or 0))

@@ -6,10 +6,13 @@ Unknown prices give cost None — never 0 — so a report can say what it could 
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from importlib.resources import files
 
 from .base import ModelConfig, ModelResponse, Price
+
+_DATED = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8})$")
 
 
 @lru_cache(maxsize=1)
@@ -20,16 +23,17 @@ def price_table() -> dict:
 def price_for(config: ModelConfig) -> Price | None:
     if config.price is not None:
         return config.price
+    if config.provider in ("openai", "anthropic") and config.base_url:
+        return None  # another server speaking the API: the vendor's list price does not apply
     models = price_table()["models"]
     name = config.model
-    # litellm names carry their own provider prefix: litellm/anthropic/claude-… -> anthropic/claude-…
-    keys = [f"{config.provider}/{name}", name, f"{config.provider}/*"]
-    for key in keys:
+    # A dated snapshot (gpt-4o-mini-2024-07-18, claude-haiku-4-5-20251001) prices like its
+    # family; any other suffix (o3-pro, gpt-5-pro) is a different model: no price, not a guess.
+    base = _DATED.sub("", name)
+    # litellm names carry their own provider prefix: anthropic/claude-… is a key as it stands.
+    for key in (f"{config.provider}/{name}", name, f"{config.provider}/{base}", base,
+                f"{config.provider}/*"):
         if key in models:
-            return Price(**models[key])
-    # Dated snapshots (gpt-4o-mini-2024-07-18, claude-haiku-4-5-20251001) price like their family.
-    for key in sorted(models, key=len, reverse=True):
-        if keys[0].startswith(key) or name.startswith(key) or name.startswith(key.split("/", 1)[-1]):
             return Price(**models[key])
     return None
 
