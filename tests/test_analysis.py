@@ -134,3 +134,15 @@ def test_to_dataframe_with_pandas():
     df = to_dataframe([row(1, assignment={"consultant": {"answer": 0, "correct": True}})])
     assert isinstance(df, pd.DataFrame)
     assert df.loc[0, "assignment_label"] == "consultant correct"
+
+
+def test_binary_fast_path_matches_the_resampling_bootstrap():
+    import numpy as np
+
+    from oversight.analysis.metrics import bootstrap_ci
+    values = [1.0] * 70 + [0.0] * 30
+    fast = bootstrap_ci(values, n_resamples=20_000, seed=1)
+    # Any stat other than np.mean itself takes the general path: resample the rows.
+    slow = bootstrap_ci(values, stat=lambda a, axis: np.mean(a, axis=axis), n_resamples=20_000, seed=1)
+    assert abs(fast[0] - slow[0]) <= 0.02 and abs(fast[1] - slow[1]) <= 0.02
+    assert fast[0] < 0.7 < fast[1]
