@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import random
 import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Protocol
@@ -19,7 +20,6 @@ from tenacity import (
     retry_if_exception,
     stop_after_attempt,
     stop_before_delay,
-    wait_random_exponential,
 )
 
 from ..errors import ModelError
@@ -126,10 +126,6 @@ class Model:
 
             self._rpm = AsyncLimiter(config.rpm, 60) if config.rpm else None
             self._tpm = AsyncLimiter(config.tpm, 60) if config.tpm else None
-        # Full jitter: uniform in [0, min(max, initial * 2^attempt)], so callers that failed
-        # together do not come back together.
-        self._backoff = wait_random_exponential(multiplier=config.retry.backoff_initial,
-                                                max=config.retry.backoff_max)
         self._started = False
         self._start_lock = asyncio.Lock()
 
@@ -150,16 +146,34 @@ class Model:
                 return hit
         await self.start()
         policy = self.config.retry
+        started = time.monotonic()
+        try:  # most calls succeed at once: only a retryable failure pays for the retry loop
+            response = await self._attempt(request, 1, key, sink)
+        except ModelError as exc:
+            if not exc.retryable or policy.max_attempts == 1:
+                raise
+            response = await self._retry(request, key, sink, exc, started)
+        if key is not None:
+            await self.cache.put(key, self.config, request, response)
+        return response
+
+    async def _retry(self, request: ModelRequest, key: str | None, sink: CallSink | None,
+                     first: ModelError, started: float) -> ModelResponse:
+        """Attempts 2.. after a retryable first failure, under the model's retry policy."""
+        policy = self.config.retry
+        pause = self._wait_after(first, 1)
+        if time.monotonic() - started + pause >= policy.max_seconds:
+            raise first  # the next attempt would start after the policy's deadline
+        await asyncio.sleep(pause)
+        left = policy.max_seconds - (time.monotonic() - started)
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(policy.max_attempts) | stop_before_delay(policy.max_seconds),
+            stop=stop_after_attempt(policy.max_attempts - 1) | stop_before_delay(max(left, 0.0)),
             wait=self._wait, retry=retry_if_exception(lambda e: isinstance(e, ModelError) and e.retryable),
             reraise=True)
         async for attempt in retrying:
             with attempt:
-                response = await self._attempt(request, attempt.retry_state.attempt_number, key, sink)
-        if key is not None:
-            await self.cache.put(key, self.config, request, response)
-        return response
+                return await self._attempt(request, attempt.retry_state.attempt_number + 1, key, sink)
+        raise first  # not reached: tenacity either returns or re-raises the last error
 
     async def _attempt(self, request: ModelRequest, number: int, key: str | None,
                        sink: CallSink | None) -> ModelResponse:
@@ -197,11 +211,16 @@ class Model:
         return response
 
     def _wait(self, state: RetryCallState) -> float:
-        """Honour the server's Retry-After; otherwise exponential backoff with full jitter."""
         exc = state.outcome.exception() if state.outcome else None
+        return self._wait_after(exc, state.attempt_number + 1)  # +1: the first try ran outside
+
+    def _wait_after(self, exc: BaseException | None, attempt: int) -> float:
+        """Honour the server's Retry-After; otherwise exponential backoff with full jitter:
+        uniform in [0, min(backoff_max, backoff_initial * 2^(attempt - 1))]."""
         if isinstance(exc, ModelError) and exc.retry_after is not None:
             return min(exc.retry_after, self.config.retry.max_seconds)
-        return self._backoff(state)
+        policy = self.config.retry
+        return random.uniform(0, min(policy.backoff_max, policy.backoff_initial * 2 ** (attempt - 1)))
 
     async def aclose(self) -> None:
         if self._started:
