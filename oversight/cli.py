@@ -80,10 +80,6 @@ def _resolve_runs(store, refs: list[str]) -> list[str]:
     ids = []
     for ref in refs:
         run_id = store.find_run(ref)
-        # find_run matches prefixes with SQL LIKE, where "_" and "%" are wildcards: keep only
-        # a real prefix or name match.
-        if run_id is not None and not run_id.startswith(ref) and store.run(run_id)["name"] != ref:
-            run_id = None
         if run_id is None:
             raise _fail(f"no run matches {ref!r} (give an id, a unique id prefix, or a run name; "
                         f"see `oversight runs`)")
