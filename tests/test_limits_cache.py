@@ -27,6 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from enginekit import toml_value
 from typer.testing import CliRunner
 
 from oversight.cli import app
@@ -46,21 +47,6 @@ PRICE = {"input": 2.0, "output": 4.0}  # USD per million tokens
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-def toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{json.dumps(str(k))} = {toml_value(x)}"
-                               for k, x in v.items()) + "}"
-    raise TypeError(type(v))
-
 
 def model_cfg(srv: FakeServer, **kw) -> dict:
     """An OpenAI-compatible model on the fake server (unpriced unless `price` is given)."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import os
 import random
 import signal
@@ -29,6 +28,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from enginekit import toml_value
 
 from oversight.plugins import load_all
 from oversight.runner import run_batch
@@ -45,21 +45,6 @@ DEADLINE = 90.0  # seconds: only a bound on waits that would otherwise hang a br
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-def toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{json.dumps(str(k))} = {toml_value(x)}"
-                               for k, x in v.items()) + "}"
-    raise TypeError(type(v))
-
 
 def model_cfg(srv: FakeServer, provider: str = "openai", **kw) -> dict:
     """A model on the fake server, with a retry policy tuned for test speed."""
