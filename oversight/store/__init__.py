@@ -139,9 +139,6 @@ class Store:
     def add_message(self, values: dict) -> int:
         return self._exec(insert(MessageRow).values(**values)).inserted_primary_key[0]
 
-    def add_call(self, values: dict) -> None:
-        self._exec(insert(ModelCallRow).values(**values))
-
     def cache_get(self, key: str) -> dict | None:
         with self.engine.connect() as conn:
             return conn.execute(select(CacheEntry.response).where(CacheEntry.key == key)).scalar()
@@ -242,10 +239,3 @@ class Store:
         with self.engine.connect() as conn:
             usd, tokens = conn.execute(stmt).one()
             return float(usd), int(tokens)
-
-    def call_count(self, run_id: str | None = None) -> int:
-        stmt = select(func.count()).select_from(ModelCallRow)
-        if run_id is not None:
-            stmt = stmt.join(EpisodeRow, EpisodeRow.id == ModelCallRow.episode_id).where(EpisodeRow.run_id == run_id)
-        with self.engine.connect() as conn:
-            return conn.execute(stmt).scalar_one()
