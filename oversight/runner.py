@@ -8,6 +8,8 @@ ones cut off mid-way, and redoes failed ones only with retry_failed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -18,7 +20,7 @@ from .episode import Episode, Message
 from .models import Budget, BudgetExhausted, CallRecord, Model, ModelResponse
 from .prompts import PromptLibrary
 from .spec import EpisodePlan, LoadedSpec
-from .store import MessageRow, ModelCallRow, Run, Store, VerdictRow, Writer, utcnow
+from .store import JSONText, MessageRow, ModelCallRow, Run, Store, VerdictRow, Writer, utcnow
 from .verdict import Verdict
 
 MESSAGES, CALLS, VERDICTS = MessageRow.__table__, ModelCallRow.__table__, VerdictRow.__table__
@@ -74,7 +76,7 @@ class StoreRecorder:
         resp = r.response
         self.writer.insert(CALLS, {
             "episode_id": self.episode_id, "role": role, "provider": r.provider, "model": r.model,
-            "request": r.request, "response": resp.raw if resp else None,
+            "request": JSONText(r.request.canonical_json), "response": resp.raw if resp else None,
             "text": resp.text if resp else None, "tokens_in": resp.tokens_in if resp else None,
             "tokens_out": resp.tokens_out if resp else None,
             "tokens_cached": resp.tokens_cached if resp else None,
@@ -203,7 +205,8 @@ async def run_batch(loaded: LoadedSpec, store: Store, prompts: PromptLibrary, *,
 
     flusher = asyncio.create_task(writer.run())
     try:
-        await asyncio.gather(*(one(plan, ep_id) for plan, ep_id in pending))
+        with _batch_gc():
+            await asyncio.gather(*(one(plan, ep_id) for plan, ep_id in pending))
         writer.flush()
         summary.status = ("budget_exhausted" if budget is not None and budget.exhausted
                           and summary.counts.get("done", 0) < len(pending) else _final_status(store, run_id))
@@ -217,6 +220,23 @@ async def run_batch(loaded: LoadedSpec, store: Store, prompts: PromptLibrary, *,
         store.set_run_status(run_id, summary.status if summary.status != "running" else "interrupted")
         await asyncio.shield(_close(models.values()))
     return summary
+
+
+@contextlib.contextmanager
+def _batch_gc():
+    """Tune the cyclic garbage collector for the batch. With the default thresholds it ran
+    ~850 times in a 2,000-call run, and each full pass walked the ~1,000 classes the SDKs
+    define: ~15% of the run's CPU. Freezing what exists before the batch (it lives until
+    exit anyway) and collecting the youngest generation every 50,000 allocations instead of
+    700 cut that to ~4% (bench/RESULTS.md). Cycles are still collected, only less often."""
+    threshold = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
 
 
 async def _close(models) -> None:

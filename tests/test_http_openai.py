@@ -143,7 +143,7 @@ async def test_call_record_has_request_and_response_but_no_key(gemma_server, mon
     finally:
         await model.aclose()
     [record] = records
-    assert record.request == request.as_dict()
+    assert record.request == request
     assert record.response is response
     assert record.provider == "openai" and record.model == "gemma" and record.error is None
     assert record.latency > 0

@@ -314,6 +314,29 @@ async def test_identical_requests_in_a_new_run_are_all_cache_hits(
     assert s2.cache_hits == 6 and s2.calls == 0
 
 
+@pytest.mark.parametrize("config, request_", [
+    (ModelConfig(provider="openai", model="gpt-4o-mini"),
+     ModelRequest(messages=(("user", "Is 2 even?"),))),
+    (ModelConfig(provider="openai", model="m", base_url="http://127.0.0.1:9/v1",
+                 options={"seed": 3, "reasoning_effort": "low", "timeout": 5}),
+     ModelRequest(messages=(("system", "Be brief. ünïcödé \"quotes\" \\ \n"), ("user", "Q?")),
+                  max_tokens=7, temperature=0.7, logprobs=True, top_logprobs=3, stop=("\n",))),
+])
+def test_cache_key_is_the_hash_of_the_whole_canonical_request(config, request_):
+    """The key is assembled around the request's own encoding (encoded once per call); it must
+    still be the hash of the whole canonical JSON, so caches written earlier keep matching."""
+    import hashlib
+
+    from oversight.models import cache_key
+
+    for sample in (0, 3):
+        canonical = {"provider": config.provider, "model": config.model, "base_url": config.base_url,
+                     "request": request_.as_dict(), "options": config.output_options(), "sample": sample}
+        text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+        assert cache_key(config, request_, sample) == hashlib.sha256(text.encode()).hexdigest()
+    assert cache_key(config, request_, 0) != cache_key(config, request_, 1)
+
+
 def test_no_cache_flag_sends_identical_requests_again(tmp_path, server, twice_protocols):
     models = {"m": model_cfg(server, temperature=0.7)}
     protocols = [{"name": "lc_ask_twice", "roles": {"judge": "m"}}]

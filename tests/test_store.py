@@ -3,6 +3,7 @@ and no secrets on disk. Runs use mock models (the HTTP layer is not under test h
 
 from __future__ import annotations
 
+import json
 import secrets
 import sqlite3
 from pathlib import Path
@@ -268,6 +269,44 @@ def test_a_different_seed_is_a_different_run(tmp_path):
 
 
 # -- secrets ------------------------------------------------------------------------------
+
+def test_writer_encodes_json_once_defaults_absent_columns_and_stores_none_as_null(tmp_path):
+    """The group-commit writer feeds the driver directly: check what lands, byte for byte."""
+    from oversight.store import JSONText, MessageRow, ModelCallRow, utcnow
+
+    db = tmp_path / "w.db"
+    run(write_spec(tmp_path / "s.toml", name="w", datasets=["boolq"], limit=1,
+                   models={"j": mock([VERDICT])},
+                   protocols=[{"name": "direct", "roles": {"judge": "j"}}]), db)
+    episode_id = scalar(db, "SELECT id FROM episodes")
+    store = Store(db)
+    writer = store.writer()
+    writer.insert(ModelCallRow.__table__, {
+        "episode_id": episode_id, "provider": "p", "model": "m", "latency_s": 0.5,
+        "request": JSONText('{"messages":[],"z":1}'), "response": None})
+    writer.insert(ModelCallRow.__table__, {
+        "episode_id": episode_id, "provider": "p", "model": "m", "latency_s": 0.25,
+        "request": {"messages": [{"role": "user", "content": "é"}]}, "response": {"a": [1, None]},
+        "attempt": 3, "cache_hit": True, "created_at": "2026-01-01T00:00:00.000+00:00"})
+    writer.insert(MessageRow.__table__, {"episode_id": episode_id, "idx": 99, "role": "judge",
+                                         "content": "c", "shown": "s", "visible_to": None,
+                                         "quotes": []})
+    before = utcnow()
+    writer.flush()
+    store.close()
+    first, second = rows(db, "SELECT request, response, typeof(response) AS t, attempt, cache_hit, "
+                             "created_at FROM model_calls WHERE provider = 'p' ORDER BY latency_s DESC")
+    assert first["request"] == '{"messages":[],"z":1}'  # as given, not encoded again
+    assert first["t"] == "null" and first["response"] is None  # SQL NULL, never the text 'null'
+    assert (first["attempt"], first["cache_hit"]) == (1, 0)  # the declared defaults
+    assert first["created_at"] >= before  # the default factory ran at flush
+    assert json.loads(second["request"]) == {"messages": [{"role": "user", "content": "é"}]}
+    assert json.loads(second["response"]) == {"a": [1, None]}
+    assert (second["attempt"], second["cache_hit"], second["created_at"]) == (
+        3, 1, "2026-01-01T00:00:00.000+00:00")
+    [msg] = rows(db, "SELECT kind, typeof(visible_to) AS v, quotes FROM messages WHERE idx = 99")
+    assert (msg["kind"], msg["v"], msg["quotes"]) == ("speech", "null", "[]")
+
 
 def test_api_key_is_never_written(tmp_path, monkeypatch):
     secret = "sk-oversight-test-" + secrets.token_hex(16)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import abc
+import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -86,6 +88,12 @@ class ModelRequest:
             "max_tokens": self.max_tokens, "temperature": self.temperature,
             "logprobs": self.logprobs, "top_logprobs": self.top_logprobs, "stop": list(self.stop),
         }
+
+    @cached_property
+    def canonical_json(self) -> str:
+        """as_dict() as compact JSON with sorted keys, encoded once: the cache key hashes it
+        and the store keeps it as the call's request."""
+        return json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"))
 
 
 @dataclass

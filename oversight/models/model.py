@@ -33,7 +33,7 @@ class CallRecord:
 
     provider: str
     model: str
-    request: dict
+    request: ModelRequest
     response: ModelResponse | None
     latency: float
     attempt: int
@@ -84,9 +84,13 @@ class Budget:
 def cache_key(config: ModelConfig, request: ModelRequest, sample: int) -> str:
     """Everything that changes the output, plus a sample index so that temperature > 0
     sampling of the same request is not collapsed into one answer."""
-    canonical = {"provider": config.provider, "model": config.model, "base_url": config.base_url,
-                 "request": request.as_dict(), "options": config.output_options(), "sample": sample}
-    return hashlib.sha256(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    # The compact, key-sorted JSON of {provider, model, base_url, options, request, sample},
+    # assembled around the request's own encoding so a request is encoded once per call.
+    head = json.dumps({"base_url": config.base_url, "model": config.model,
+                       "options": config.output_options(), "provider": config.provider},
+                      sort_keys=True, separators=(",", ":"))
+    text = f'{head[:-1]},"request":{request.canonical_json},"sample":{int(sample)}}}'
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 # Per event loop: an asyncio.Semaphore belongs to the loop it first waited in, so a second
@@ -141,7 +145,7 @@ class Model:
         if key is not None:
             hit = await self.cache.get(key)
             if hit is not None:
-                await _emit(sink, CallRecord(self.config.provider, self.config.model, request.as_dict(),
+                await _emit(sink, CallRecord(self.config.provider, self.config.model, request,
                                              hit, 0.0, 0, cache_key=key, cache_hit=True))
                 return hit
         await self.start()
@@ -195,7 +199,7 @@ class Model:
             except ModelError as exc:
                 if exc.retry_after and exc.kind == "rate_limit":
                     self._cooldown_until = max(self._cooldown_until, time.monotonic() + exc.retry_after)
-                await _emit(sink, CallRecord(self.config.provider, self.config.model, request.as_dict(),
+                await _emit(sink, CallRecord(self.config.provider, self.config.model, request,
                                              None, time.perf_counter() - t0, number, str(exc),
                                              exc.kind, cache_key=key))
                 raise
@@ -205,7 +209,7 @@ class Model:
         cost = cost_usd(response, self.price)
         if self.budget is not None:
             self.budget.add(cost, (response.tokens_in or 0) + (response.tokens_out or 0))
-        await _emit(sink, CallRecord(self.config.provider, self.config.model, request.as_dict(),
+        await _emit(sink, CallRecord(self.config.provider, self.config.model, request,
                                      response, time.perf_counter() - t0, number, cost_usd=cost,
                                      cache_key=key))
         return response

@@ -21,10 +21,10 @@ from .tables import (
     VerdictRow,
     utcnow,
 )
-from .writer import Writer
+from .writer import JSONText, Writer
 
 __all__ = ["Store", "Run", "ItemRow", "EpisodeRow", "MessageRow", "ModelCallRow", "VerdictRow", "CacheEntry",
-           "Writer", "DEFAULT_DB", "resolve_url", "migrate", "schema_version", "MIGRATIONS", "utcnow"]
+           "Writer", "JSONText", "DEFAULT_DB", "resolve_url", "migrate", "schema_version", "MIGRATIONS", "utcnow"]
 
 
 def _insert_ignore(table, dialect: str):
