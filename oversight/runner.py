@@ -20,10 +20,10 @@ from .episode import Episode, Message
 from .models import Budget, BudgetExhausted, CallRecord, Model, ModelResponse
 from .prompts import PromptLibrary
 from .spec import EpisodePlan, LoadedSpec
-from .store import JSONText, MessageRow, ModelCallRow, Run, Store, VerdictRow, Writer, utcnow
+from .store import JSONText, Store, Writer, messages, model_calls, utcnow, verdicts
 from .verdict import Verdict
 
-MESSAGES, CALLS, VERDICTS = MessageRow.__table__, ModelCallRow.__table__, VerdictRow.__table__
+MESSAGES, CALLS, VERDICTS = messages, model_calls, verdicts
 
 # Episode states a resume runs again; "failed" only with retry_failed; "done" never.
 INCOMPLETE = ("pending", "running", "interrupted", "stopped")
@@ -139,9 +139,10 @@ def todo(plans: list[EpisodePlan], status: dict[str, tuple[int, str]],
 
 
 def register_run(loaded: LoadedSpec, store: Store) -> str:
-    store.save_run(Run(id=loaded.run_id, name=loaded.spec.name, spec_path=str(loaded.path),
-                       spec_toml=loaded.text, spec=loaded.spec.model_dump(mode="json"),
-                       spec_hash=loaded.spec_hash, package_version=__version__))
+    store.save_run({"id": loaded.run_id, "name": loaded.spec.name, "spec_path": str(loaded.path),
+                    "spec_toml": loaded.text, "spec": loaded.spec.model_dump(mode="json"),
+                    "spec_hash": loaded.spec_hash, "status": "created", "package_version": __version__,
+                    "created_at": utcnow(), "updated_at": utcnow()})
     store.save_items(_item_row(it) for it in loaded.items)
     return loaded.run_id
 

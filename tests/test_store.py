@@ -12,10 +12,9 @@ import pytest
 from enginekit import mock, rows, run, scalar, write_spec
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import SQLModel
 
 from oversight.items import load_dataset
-from oversight.store import MIGRATIONS, Store, migrate, schema_version
+from oversight.store import MIGRATIONS, Store, metadata, migrate, schema_version
 
 VERDICT = "Answer: A\nConfidence: 70%"
 DATA = Path(__file__).parent / "data"
@@ -63,9 +62,9 @@ def test_fresh_database_is_fully_migrated(tmp_path):
         names = [r["name"] for r in rows(db, "SELECT name FROM schema_migrations ORDER BY name")]
         assert names == sorted(m.__name__ for m in MIGRATIONS)
         assert len(set(names)) == len(MIGRATIONS)
-        assert table_names(db) >= set(SQLModel.metadata.tables) | {"schema_migrations"}
+        assert table_names(db) >= set(metadata.tables) | {"schema_migrations"}
         assert set(CONTENT_TABLES) <= table_names(db)
-        for name, table in SQLModel.metadata.tables.items():  # every model column exists
+        for name, table in metadata.tables.items():  # every model column exists
             assert set(table.columns.keys()) <= set(columns(db, name)), name
         assert scalar(db, "PRAGMA journal_mode") == "wal"  # persistent in the file
         with store.engine.connect() as conn:
@@ -144,7 +143,7 @@ def test_a_version_1_database_upgrades_with_nothing_lost(tmp_path):
     try:
         assert {r["name"] for r in rows(db, "SELECT name FROM schema_migrations")} == \
             {m.__name__ for m in MIGRATIONS}
-        for name, table in SQLModel.metadata.tables.items():
+        for name, table in metadata.tables.items():
             assert set(table.columns.keys()) <= set(columns(db, name)), name
         for t in CONTENT_TABLES:
             assert dump(db, t, old_cols[t]) == before[t], t
@@ -272,7 +271,7 @@ def test_a_different_seed_is_a_different_run(tmp_path):
 
 def test_writer_encodes_json_once_defaults_absent_columns_and_stores_none_as_null(tmp_path):
     """The group-commit writer feeds the driver directly: check what lands, byte for byte."""
-    from oversight.store import JSONText, MessageRow, ModelCallRow, utcnow
+    from oversight.store import JSONText, messages, model_calls, utcnow
 
     db = tmp_path / "w.db"
     run(write_spec(tmp_path / "s.toml", name="w", datasets=["boolq"], limit=1,
@@ -281,16 +280,15 @@ def test_writer_encodes_json_once_defaults_absent_columns_and_stores_none_as_nul
     episode_id = scalar(db, "SELECT id FROM episodes")
     store = Store(db)
     writer = store.writer()
-    writer.insert(ModelCallRow.__table__, {
+    writer.insert(model_calls, {
         "episode_id": episode_id, "provider": "p", "model": "m", "latency_s": 0.5,
         "request": JSONText('{"messages":[],"z":1}'), "response": None})
-    writer.insert(ModelCallRow.__table__, {
+    writer.insert(model_calls, {
         "episode_id": episode_id, "provider": "p", "model": "m", "latency_s": 0.25,
         "request": {"messages": [{"role": "user", "content": "é"}]}, "response": {"a": [1, None]},
         "attempt": 3, "cache_hit": True, "created_at": "2026-01-01T00:00:00.000+00:00"})
-    writer.insert(MessageRow.__table__, {"episode_id": episode_id, "idx": 99, "role": "judge",
-                                         "content": "c", "shown": "s", "visible_to": None,
-                                         "quotes": []})
+    writer.insert(messages, {"episode_id": episode_id, "idx": 99, "role": "judge",
+                                         "content": "c", "shown": "s", "visible_to": None})
     before = utcnow()
     writer.flush()
     store.close()

@@ -1,8 +1,8 @@
 """Schema versions as an ordered list of small named functions.
 
-A fresh database is created from the current models and stamped with every migration; an
+A fresh database is created from the current tables and stamped with every migration; an
 existing one runs, in order, the migrations it has not seen. Never edit or reorder a released
-migration: append a new one, and change the models in oversight/store/tables.py to match.
+migration: append a new one, and change the tables in oversight/store/tables.py to match.
 """
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ from __future__ import annotations
 from typing import Callable
 
 from sqlalchemy import Connection, inspect, text
-from sqlmodel import SQLModel
 
-from .tables import CacheEntry, utcnow
+from .tables import metadata, response_cache, utcnow
 
 Migration = Callable[[Connection], None]
 
@@ -21,7 +20,7 @@ def m001_initial(conn: Connection) -> None:
     """runs, items, episodes, messages, model_calls, verdicts (version 1).
 
     Only ever applied to a fresh database, which gets today's tables (see migrate())."""
-    SQLModel.metadata.create_all(conn)
+    metadata.create_all(conn)
 
 
 def m002_costs_and_cache(conn: Connection) -> None:
@@ -39,7 +38,7 @@ def m002_costs_and_cache(conn: Connection) -> None:
     ]:
         conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
     conn.execute(text("CREATE INDEX IF NOT EXISTS ix_model_calls_cache_key ON model_calls (cache_key)"))
-    CacheEntry.__table__.create(conn, checkfirst=True)
+    response_cache.create(conn, checkfirst=True)
 
 
 MIGRATIONS: list[Migration] = [m001_initial, m002_costs_and_cache]
@@ -66,7 +65,7 @@ def migrate(conn: Connection, migrations: list[Migration] | None = None) -> list
             continue
         if fresh:
             # A new database gets today's tables in one go; each migration is only stamped.
-            SQLModel.metadata.create_all(conn)
+            metadata.create_all(conn)
         else:
             migration(conn)
         conn.execute(text(f"INSERT INTO {_LEDGER} (name, applied_at) VALUES (:n, :t)"),

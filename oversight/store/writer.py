@@ -15,13 +15,12 @@ from collections import defaultdict
 
 from sqlalchemy import JSON, Engine, Table, bindparam, insert, update
 
-from .tables import CacheEntry, EpisodeRow, MessageRow, ModelCallRow, VerdictRow
+from .tables import episodes, messages, model_calls, response_cache, verdicts
 
 FLUSH_SECONDS = 0.05
 # Insert order: episodes exist before a run starts; everything else only points at them.
-_ORDER: tuple[Table, ...] = (MessageRow.__table__, ModelCallRow.__table__, VerdictRow.__table__,
-                             CacheEntry.__table__)
-_EPISODES = EpisodeRow.__table__
+_ORDER: tuple[Table, ...] = (messages, model_calls, verdicts, response_cache)
+_EPISODES = episodes
 
 
 class JSONText(str):
@@ -40,7 +39,7 @@ class _Insert:
         self.json = {c.name for c in self.columns if isinstance(c.type, JSON)}
         self.defaults = {c.name: c.default for c in self.columns if c.default is not None}
         stmt = insert(table)
-        if table is CacheEntry.__table__:
+        if table is response_cache:
             from . import _insert_ignore  # two episodes may fill one cache key; the first stays
 
             stmt = _insert_ignore(table, engine.dialect.name)
@@ -84,7 +83,7 @@ class Writer:
 
     def cache(self, row: dict) -> None:
         self.pending_cache[row["key"]] = row["response"]
-        self._rows[CacheEntry.__table__].append(row)
+        self._rows[response_cache].append(row)
 
     def flush(self) -> None:
         """Write everything queued in one transaction; on failure the rows stay queued."""
@@ -111,7 +110,7 @@ class Writer:
             for episode_id, values in updates.items():
                 self._updates[episode_id] = {**values, **self._updates.get(episode_id, {})}
             raise
-        for row in rows.get(CacheEntry.__table__, ()):
+        for row in rows.get(response_cache, ()):
             self.pending_cache.pop(row["key"], None)
 
     def _insert(self, table: Table) -> _Insert:
