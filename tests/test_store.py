@@ -217,6 +217,39 @@ def test_an_episode_left_running_is_redone_cleanly(tmp_path):
     assert scalar(db, "SELECT status FROM runs") == "finished"
 
 
+def test_a_redone_episodes_replaced_calls_still_count_as_spent(tmp_path):
+    """Redoing an episode replaces its rows, not the money its first attempt spent: the run's
+    spend (what a budget is checked against) keeps the replaced calls' dollars and tokens."""
+    db = tmp_path / "o.db"
+    spec = mixed_spec(tmp_path, limit=1)
+    run(spec, db)
+    ep_id = scalar(db, "SELECT id FROM episodes WHERE protocol = 'debate' ORDER BY id LIMIT 1")
+    run_id = scalar(db, "SELECT id FROM runs")
+    con = sqlite3.connect(db)
+    with con:  # priced calls, then a kill -9 after the debaters spoke
+        con.execute("UPDATE model_calls SET cost_usd = 0.25")
+        con.execute("UPDATE episodes SET status = 'running', finished_at = NULL WHERE id = ?", (ep_id,))
+        con.execute("DELETE FROM verdicts WHERE episode_id = ?", (ep_id,))
+        con.execute("DELETE FROM model_calls WHERE episode_id = ? AND role = 'judge'", (ep_id,))
+    con.close()
+    killed_tokens = scalar(db, "SELECT SUM(tokens_in + tokens_out) FROM model_calls WHERE episode_id = ?", ep_id)
+    assert killed_tokens > 0
+    store = Store(db)
+    usd_before, tokens_before = store.run_spend(run_id)
+    store.close()
+
+    run(spec, db)
+    new_tokens = scalar(db, "SELECT SUM(tokens_in + tokens_out) FROM model_calls WHERE episode_id = ?", ep_id)
+    assert scalar(db, "SELECT COUNT(*) FROM model_calls WHERE episode_id = ?", ep_id) == 5  # rows replaced
+    assert scalar(db, "SELECT replaced_usd FROM runs") == pytest.approx(4 * 0.25)
+    assert scalar(db, "SELECT replaced_tokens FROM runs") == killed_tokens
+    store = Store(db)
+    usd, tokens = store.run_spend(run_id)
+    store.close()
+    assert usd == pytest.approx(usd_before)  # the new calls are unpriced (mock): nothing added, nothing lost
+    assert tokens == tokens_before + new_tokens
+
+
 @pytest.mark.parametrize("state", ["interrupted", "pending"])
 def test_other_incomplete_states_are_redone(tmp_path, state):
     db = tmp_path / "o.db"

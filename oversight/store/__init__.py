@@ -115,9 +115,23 @@ class Store:
                         cache_hits=0)
                 .returning(ep.id)).scalars())
             if stale := sorted(won & reset):
+                self._carry_spend(conn, stale)
                 for table in (verdicts, messages, model_calls):
                     conn.execute(delete(table).where(table.c.episode_id.in_(stale)))
         return won
+
+    @staticmethod
+    def _carry_spend(conn, episode_ids: list[int]) -> None:
+        """Add what these episodes' calls cost to their run's replaced_* before the rows go."""
+        mc = model_calls.c
+        spent = conn.execute(
+            select(episodes.c.run_id, func.coalesce(func.sum(mc.cost_usd), 0.0), _tokens(mc))
+            .join(episodes, episodes.c.id == mc.episode_id)
+            .where(mc.episode_id.in_(episode_ids), mc.cache_hit.is_(False))
+            .group_by(episodes.c.run_id))
+        for run_id, usd, tokens in spent:
+            conn.execute(update(runs).where(runs.c.id == run_id).values(
+                replaced_usd=runs.c.replaced_usd + usd, replaced_tokens=runs.c.replaced_tokens + tokens))
 
     def release_episodes(self, ids: list[int]) -> None:
         """Claimed but never started (Ctrl-C, budget): back to pending for the next run."""
@@ -222,12 +236,19 @@ class Store:
             return [dict(r) for r in conn.execute(stmt).mappings()]
 
     def run_spend(self, run_id: str) -> tuple[float, int]:
-        """(dollars, tokens) already spent by a run's real calls (cache hits are free)."""
-        stmt = (select(func.coalesce(func.sum(model_calls.c.cost_usd), 0.0),
-                       func.coalesce(func.sum(func.coalesce(model_calls.c.tokens_in, 0)
-                                              + func.coalesce(model_calls.c.tokens_out, 0)), 0))
-                .join(episodes, episodes.c.id == model_calls.c.episode_id)
-                .where(episodes.c.run_id == run_id, model_calls.c.cache_hit.is_(False)))
+        """(dollars, tokens) a run's real calls have cost (cache hits are free), including
+        calls whose rows were replaced when their episode was redone."""
+        mc = model_calls.c
+        stmt = (select(func.coalesce(func.sum(mc.cost_usd), 0.0), _tokens(mc))
+                .join(episodes, episodes.c.id == mc.episode_id)
+                .where(episodes.c.run_id == run_id, mc.cache_hit.is_(False)))
         with self.engine.connect() as conn:
             usd, tokens = conn.execute(stmt).one()
-            return float(usd), int(tokens)
+            replaced = conn.execute(select(runs.c.replaced_usd, runs.c.replaced_tokens)
+                                    .where(runs.c.id == run_id)).one_or_none() or (0.0, 0)
+            return float(usd) + float(replaced[0]), int(tokens) + int(replaced[1])
+
+
+def _tokens(mc):
+    """Total input + output tokens of the selected model_calls rows (0 when none)."""
+    return func.coalesce(func.sum(func.coalesce(mc.tokens_in, 0) + func.coalesce(mc.tokens_out, 0)), 0)

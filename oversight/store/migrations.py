@@ -41,7 +41,13 @@ def m002_costs_and_cache(conn: Connection) -> None:
     response_cache.create(conn, checkfirst=True)
 
 
-MIGRATIONS: list[Migration] = [m001_initial, m002_costs_and_cache]
+def m003_replaced_spend(conn: Connection) -> None:
+    """Spend of calls discarded when their episode is redone, kept on the run for budgets."""
+    conn.execute(text("ALTER TABLE runs ADD COLUMN replaced_usd FLOAT DEFAULT '0' NOT NULL"))
+    conn.execute(text("ALTER TABLE runs ADD COLUMN replaced_tokens INTEGER DEFAULT '0' NOT NULL"))
+
+
+MIGRATIONS: list[Migration] = [m001_initial, m002_costs_and_cache, m003_replaced_spend]
 
 _LEDGER = "schema_migrations"
 

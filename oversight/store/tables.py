@@ -47,6 +47,10 @@ runs = Table(
     Column("package_version", String, nullable=False),
     Column("created_at", String, nullable=False, default=utcnow),
     Column("updated_at", String, nullable=False, default=utcnow),
+    # What calls cost whose rows went when their episode was redone (after a kill, Ctrl-C or
+    # --retry-failed): a budget counts money spent, not only the rows kept. (m003)
+    Column("replaced_usd", Float, nullable=False, server_default="0"),
+    Column("replaced_tokens", Integer, nullable=False, server_default="0"),
 )
 
 # A question as it was when the run read it.

@@ -20,7 +20,6 @@ from .tables import episodes, messages, model_calls, response_cache, verdicts
 FLUSH_SECONDS = 0.05
 # Insert order: episodes exist before a run starts; everything else only points at them.
 _ORDER: tuple[Table, ...] = (messages, model_calls, verdicts, response_cache)
-_EPISODES = episodes
 
 
 class JSONText(str):
@@ -101,7 +100,7 @@ class Writer:
                 for episode_id, values in updates.items():
                     by_columns[tuple(sorted(values))].append({"_id": episode_id, **values})
                 for columns, params in by_columns.items():
-                    stmt = (update(_EPISODES).where(_EPISODES.c.id == bindparam("_id"))
+                    stmt = (update(episodes).where(episodes.c.id == bindparam("_id"))
                             .values({c: bindparam(c) for c in columns}))
                     conn.execute(stmt, params)
         except BaseException:
