@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import re
 import subprocess
 import sys
 import time
@@ -327,6 +328,43 @@ async def test_fault_classification(name, case, srv):
 async def test_valid_json_of_the_wrong_shape_is_malformed(name, body, srv):
     err = await failure(name, srv, {"kind": "malformed", "body": body})
     assert (err.kind, err.retryable, err.status) == ("malformed", True, None), err
+
+
+# Gateways in front of OpenAI-compatible servers misbehave in ways of their own.
+
+async def test_openai_error_in_a_200_body_says_what_the_server_said(srv):
+    body = json.dumps({"error": {"message": f"upstream overloaded ({SECRET})", "type": "server_error"}})
+    err = await failure("openai", srv, {"kind": "malformed", "body": body})
+    assert (err.kind, err.retryable, err.status) == ("server", True, None), err
+    assert "upstream overloaded" in str(err)
+    assert_no_secret(err)
+
+
+async def test_openai_body_that_cannot_be_decoded_is_malformed_not_a_connection_error(srv):
+    # A plain JSON body labelled gzip: the connection was fine, the reply was not.
+    err = await failure("openai", srv, {"kind": "malformed", "body": OPENAI_CACHED_BODY,
+                                        "headers": {"content-encoding": "gzip"}})
+    assert (err.kind, err.retryable) == ("malformed", True), err
+
+
+async def test_openai_dropped_connection_is_named_as_such_not_as_a_timeout(srv):
+    err = await failure("openai", srv, {"kind": "reset", "after_bytes": 0})
+    assert err.kind == "connection"
+    assert "Timeout" not in str(err), err  # httpx-aiohttp calls it a ConnectTimeout
+    assert re.search(r"\((ServerDisconnectedError|ClientOSError|ConnectionResetError)\)", str(err)), err
+
+
+@pytest.mark.parametrize("usage", [
+    {"prompt_tokens": -5, "completion_tokens": -3},  # would shrink the spend under a budget
+    {"prompt_tokens": "12", "completion_tokens": 2.5},
+])
+async def test_openai_nonsense_token_counts_are_unknown_not_numbers(usage, srv):
+    body = json.loads(OPENAI_CACHED_BODY)
+    body["usage"] = usage
+    srv.faults = [{"kind": "malformed", "body": json.dumps(body)}]
+    response = await call("openai", srv)
+    assert response.text == "Answer: B"
+    assert (response.tokens_in, response.tokens_out) == (None, None)
 
 
 @pytest.mark.parametrize("name", PROVIDERS)

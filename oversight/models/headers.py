@@ -211,8 +211,9 @@ def redact(value: Any, secrets: tuple[str, ...] | list[str]) -> Any:
 
 
 def as_int(value: Any) -> int | None:
-    """A token count from a usage field: an int (not a bool), else None."""
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """A token count from a usage field: a non-negative int (not a bool), else None (unknown).
+    A negative count would shrink a run's spend and let it overrun its budget."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def status_error(status: int, kind: str, retryable: bool, message: str,

@@ -103,11 +103,15 @@ class OpenAIProvider(Provider):
             error = self._status_error(exc)
         except openai.APIConnectionError as exc:  # APITimeoutError is a subclass
             # httpx-aiohttp reports a dropped connection as a connect *timeout*: look beneath.
-            if isinstance(exc, openai.APITimeoutError) and not _disconnected(exc):
+            dropped = _disconnect(exc)
+            if _undecodable(exc):  # e.g. a body that claims gzip and is not: the reply is bad
+                error = ModelError("malformed response body (could not decode it)", retryable=True,
+                                   kind="malformed")
+            elif isinstance(exc, openai.APITimeoutError) and dropped is None:
                 error = ModelError(f"request timed out ({type(exc).__name__})", retryable=True,
                                    kind="timeout")
             else:
-                error = ModelError(f"connection failed ({_cause(exc)})", retryable=True,
+                error = ModelError(f"connection failed ({dropped or _cause(exc)})", retryable=True,
                                    kind="connection")
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             error = ModelError(f"malformed response body ({type(exc).__name__}: "
@@ -124,6 +128,12 @@ class OpenAIProvider(Provider):
     def _response(self, data: Any) -> ModelResponse:
         """A ModelResponse from a chat.completion body, checking the shape as it goes."""
         choices = data.get("choices") if isinstance(data, dict) else None
+        if isinstance(data, dict) and "choices" not in data and "error" in data:
+            # Some gateways answer 200 with an error body: say what the server said.
+            err = data["error"]
+            message = err.get("message") if isinstance(err, dict) else err
+            raise ModelError(f"error in a 200 response: {self._scrub(str(message))[:300]}",
+                             retryable=True, kind="server")
         if not isinstance(data, dict) or "choices" not in data:
             raise ModelError(f"malformed response: expected a chat completion, got "
                              f"{type(data).__name__}", retryable=True, kind="malformed")
@@ -193,14 +203,23 @@ _DISCONNECTS = ("ServerDisconnectedError", "ClientOSError", "ClientConnectorErro
                 "ConnectionResetError", "ConnectionRefusedError", "BrokenPipeError")
 
 
-def _disconnected(exc: BaseException) -> bool:
-    """True when a transport 'timeout' was really the peer dropping or refusing the connection."""
-    seen = 0
-    while exc is not None and seen < 10:
-        if type(exc).__name__ in _DISCONNECTS:
-            return True
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return False
+def _chain(exc: BaseException | None):
+    """An exception and its causes, at most ten deep."""
+    for _ in range(10):
+        if exc is None:
+            return
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _disconnect(exc: BaseException) -> str | None:
+    """The name of the error beneath a transport failure when the peer dropped or refused the
+    connection (httpx-aiohttp may call that a timeout), else None."""
+    return next((type(e).__name__ for e in _chain(exc) if type(e).__name__ in _DISCONNECTS), None)
+
+
+def _undecodable(exc: BaseException) -> bool:
+    return any(isinstance(e, httpx.DecodingError) for e in _chain(exc))
 
 
 def _cause(exc: BaseException) -> str:
