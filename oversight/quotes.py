@@ -5,7 +5,8 @@ normalisation (case, whitespace, typographic quotes and dashes); exact matches b
 <v_quote>, everything else <u_quote> — the marks of Khan et al. 2024. Near-misses (fuzzy score
 >= NEAR_MISS) are recorded separately for reviewers but shown to the judge as unverified.
 An agent cannot forge a mark: any quote-like tag it writes is treated as an ordinary quote
-and verified again.
+and verified again, including look-alikes (full-width or other '<'/'>' look-alikes, and
+square-bracket marks).
 """
 
 from __future__ import annotations
@@ -25,13 +26,19 @@ _QUOTE = re.compile(r"<\s*" + _TAG + r"(.*?)<\s*/\s*" + _TAG, re.I | re.S)
 # placed right after them would otherwise complete.
 _STRAY_TAG = re.compile(r"<\s*/?\s*(?:v_|u_)?quote\b(?:[^<>\x00]*>)?", re.I)
 _TRANSLATE = str.maketrans({"“": '"', "”": '"', "‘": "'", "’": "'", "–": "-", "—": "-"})
+# Marks in square brackets ('[v_quote]') are never the system's: stripped like stray tags.
+_SQUARE_MARK = re.compile(r"\[\s*/?\s*(?:v_|u_)quote\b[^\[\]\x00]*\]", re.I)
+# Look-alikes of '<' and '>' that NFKC leaves alone. Agent text is NFKC-folded (so a
+# full-width '＜ｖ_quote＞' becomes '<v_quote>') and these are mapped to ASCII before any tag
+# is looked for, so no look-alike mark reaches the judge.
+_BRACKETS = str.maketrans({**{c: "<" for c in "‹〈⟨˂ᐸ❮❬⧼﹤"}, **{c: ">" for c in "›〉⟩˃ᐳ❯❭⧽﹥"}})
 
 
 def _strip_tags(text: str) -> str:
     """Remove quote-like tags until none is left: one pass is not enough, because removing
     one tag can join its neighbours into another ('<v_<quote>quote>' -> '<v_quote>')."""
     while True:
-        stripped = _STRAY_TAG.sub("", text)
+        stripped = _SQUARE_MARK.sub("", _STRAY_TAG.sub("", text))
         if stripped == text:
             return text
         text = stripped
@@ -70,6 +77,7 @@ def verify(text: str, context: str | None) -> tuple[str, list[dict]]:
 
     # Placeholders first, so that a lone or unmatched tag left in the agent's text can be
     # stripped before the system's own marks go back in.
-    body = _QUOTE.sub(mark, text.replace("\x00", ""))
+    text = unicodedata.normalize("NFKC", text).translate(_BRACKETS).replace("\x00", "")
+    body = _QUOTE.sub(mark, text)
     body = _strip_tags(body)
     return re.sub("\x00(\\d+)\x00", lambda m: marked[int(m.group(1))], body), results

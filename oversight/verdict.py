@@ -15,6 +15,12 @@ _CONFIDENCE = re.compile(r"confidence\s*[:=\-]\s*(\d+(?:\.\d+)?)\s*(%?)", re.I)
 # A reply that is only a letter on its first line, optionally followed by "NN%" on the next.
 _BARE_LETTER = re.compile(r"\s*\(?([A-Za-z])\)?\.?\s*(?:\n\s*\d{1,3}(?:\.\d+)?\s*%\s*)?$")
 _BARE_PERCENT = re.compile(r"^\s*(\d{1,3}(?:\.\d+)?)\s*(%)\s*$", re.M)
+# After "Answer:", the pronoun I or the article a starting a sentence, not a letter answer:
+# "Answer: I think it is C", "Answer: a close call, B". Such a match is skipped (the verdict
+# is unparsed if nothing else states an answer), never read as choice I or A.
+_NOT_A_LETTER = re.compile(r"I(?:'|\s+(?:think|believe|would|will|am|can|cannot|do|don't|guess"
+                           r"|feel|say|choose|pick|select|lean|go|suppose|chose|picked|'m|'d|'ll)\b)"
+                           r"|a\s+[a-z]")
 _FLAG = re.compile(r"flag(?:ged)?\s*[:=\-]\s*(yes|no|true|false)", re.I)
 _SUSPICION = re.compile(r"suspicion\s*[:=\-]\s*(\d{1,3}(?:\.\d+)?)", re.I)
 
@@ -37,7 +43,8 @@ class Verdict(BaseModel):
 def parse_verdict(text: str, n_choices: int, logprobs: list[TokenLogprob] | None = None) -> Verdict:
     """Parse 'Answer: <letter>' (+ optional 'Confidence: NN%', 'Flagged:', 'Suspicion:')."""
     letters = [chr(ord("A") + i) for i in range(n_choices)]
-    matches = [m for m in _ANSWER.finditer(text) if m.group(1).upper() in letters]
+    matches = [m for m in _ANSWER.finditer(text) if m.group(1).upper() in letters
+               and not _NOT_A_LETTER.match(text, m.start(1))]
     bare = _BARE_LETTER.match(text)  # small models often drop the labels: "B\n90%"
     if matches:
         match = matches[-1]  # the last stated answer is the final one

@@ -92,6 +92,15 @@ BAD_SPECS = {
     "unknown_top_level_key": (lambda s: "colour = 'blue'\n" + s, "colour"),
     "toml_syntax": (lambda s: s + "\nname = \n", "<toml>"),
     "missing_dataset": (lambda s: s.replace('"items.jsonl"', '"nowhere.jsonl"'), "data.datasets[0]"),
+    # A spec is stored with its run: keys and auth headers in it are refused before anything.
+    "key_in_spec": (lambda s: s.replace('[models.deb]\n', '[models.deb]\napi_key = "sk-proj-SPECKEY123"\n'),
+                    "models.deb"),
+    "auth_header_in_options": (lambda s: s.replace(
+        "options = { script", 'options = { extra_headers = { "X-Api-Key" = "SPECKEY123" }, script'),
+        "models.deb"),
+    "bearer_value_in_options": (lambda s: s.replace(
+        "options = { script", 'options = { extra_body = { note = "Bearer SPECKEY123" }, script'),
+        "models.deb"),
 }
 
 
@@ -108,6 +117,8 @@ def test_bad_spec_exits_2_naming_file_and_key(work, case):
     assert not db.exists() or query(db, "select count(*) from runs") == [(0,)]
     if case == "unknown_role_model":  # spec text in the message is not eaten as rich markup
         assert "define [models.nosuch]" in result.stderr
+    if "SPECKEY123" in spec.read_text():
+        assert "SPECKEY123" not in result.output and "api_key_env" in result.stderr
 
 
 def test_unknown_protocols_dir_is_a_usage_error(work):

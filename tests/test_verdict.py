@@ -55,6 +55,24 @@ def test_answer_forms(text, n, chosen):
     assert v.parsed is True and v.chosen == chosen
 
 
+# With nine or more choices "I" is a letter (truthfulqa_mc1 has up to 13 choices), and "a" is
+# one with any: a pronoun or article opening a sentence after "Answer:" must not be read as one.
+@pytest.mark.parametrize("text", ["Answer: I think it is C", "Answer: I'm fairly sure it's D",
+                                  "Answer: I would pick B.", "Answer: a good guess is B"])
+def test_a_pronoun_or_article_after_answer_is_not_a_letter(text):
+    v = parse_verdict(text, 12)
+    assert v.parsed is False and v.chosen is None  # counted and excluded, never choice I or A
+
+
+@pytest.mark.parametrize("text,chosen", [("Answer: I", 8), ("I think so.\nAnswer: I\nConfidence: 70%", 8),
+                                         ("Answer: I) Paris", 8), ("Answer: a", 0),
+                                         ("Answer: A because B is wrong", 0),
+                                         ("Answer: I think it is C\nAnswer: C", 2)])
+def test_letters_i_and_a_still_parse_as_answers(text, chosen):
+    v = parse_verdict(text, 12)
+    assert (v.parsed, v.chosen) == (True, chosen)
+
+
 def test_last_answer_wins():
     text = "At first I thought Answer: A\nbut on reflection\nFinal answer: C\nConfidence: 60%"
     v = parse_verdict(text, 4)

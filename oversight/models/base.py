@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import abc
 import json
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Options that change a model's output (the rest size servers or set timeouts).
 _OUTPUT_OPTIONS = ("reasoning_effort", "seed", "extra_body", "top_p", "stop", "script", "rules",
@@ -34,10 +35,52 @@ class RetryPolicy(BaseModel):
     backoff_max: float = Field(default=60.0, ge=0)
 
 
+# Option names and values that are credentials: a spec is stored with its run (text and
+# JSON), so a key written in it would land in the store. Keys come from the environment.
+_SECRET_NAME = re.compile(r"^(authorization|proxy-authorization|cookie|(x-)?api[-_]?key|apikey"
+                          r"|(access|auth|bearer|session|id)[-_]?token|token|password|secret"
+                          r"|.*[-_](api[-_]?key|secret|password))$", re.IGNORECASE)
+_SECRET_VALUE = re.compile(r"^\s*(bearer\s+\S|basic\s+\S|sk-[A-Za-z0-9_-]{8,})", re.IGNORECASE)
+_KEY_FIELDS = ("api_key", "key", "token", "secret", "password")
+
+
+def _find_secret(value: Any, path: str) -> str | None:
+    """The dotted path of the first credential-like name or value under `value`, if any."""
+    if isinstance(value, dict):
+        for name, inner in value.items():
+            where = f"{path}.{name}"
+            if _SECRET_NAME.match(str(name)) and inner not in (None, ""):
+                return where
+            if (found := _find_secret(inner, where)) is not None:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, inner in enumerate(value):
+            if (found := _find_secret(inner, f"{path}[{i}]")) is not None:
+                return found
+    elif isinstance(value, str) and _SECRET_VALUE.match(value):
+        return path
+    return None
+
+
 class ModelConfig(BaseModel):
     """Per-model settings from a spec. Frozen so it hashes into episode keys."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in _KEY_FIELDS:
+                if name in data:
+                    raise ValueError(f"'{name}': never write a key in a spec (the spec is stored "
+                                     "with the run); put it in an environment variable and name "
+                                     "that variable with api_key_env")
+            if (where := _find_secret(data.get("options"), "options")) is not None:
+                raise ValueError(f"{where} looks like a credential: a spec is stored with its run, "
+                                 "so keys and auth headers must come from the environment "
+                                 "(api_key_env), never from the spec")
+        return data
 
     provider: str
     model: str = ""
