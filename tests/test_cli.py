@@ -95,6 +95,9 @@ BAD_SPECS = {
     # A spec is stored with its run: keys and auth headers in it are refused before anything.
     "key_in_spec": (lambda s: s.replace('[models.deb]\n', '[models.deb]\napi_key = "sk-proj-SPECKEY123"\n'),
                     "models.deb"),
+    "key_value_in_options": (lambda s: s.replace(
+        "options = { script", 'options = { seed_note = "sk-proj-SPECKEY123abcdefghijklmnop", script'),
+        "models.deb"),
     "auth_header_in_options": (lambda s: s.replace(
         "options = { script", 'options = { extra_headers = { "X-Api-Key" = "SPECKEY123" }, script'),
         "models.deb"),
@@ -119,6 +122,18 @@ def test_bad_spec_exits_2_naming_file_and_key(work, case):
         assert "define [models.nosuch]" in result.stderr
     if "SPECKEY123" in spec.read_text():
         assert "SPECKEY123" not in result.output and "api_key_env" in result.stderr
+
+
+def test_prompt_text_that_merely_mentions_credentials_is_not_refused(work):
+    # Scripted replies and rule keys are prompts, not secrets: only option names, header and
+    # body options, and key-shaped values are checked.
+    spec = work / "ok.toml"
+    spec.write_text(spec_text(protocols=("direct",))
+                    .replace('{match = "What colour is the sky"',
+                             '{match = "password", reply = "Bearer bonds. Answer: A"},\n'
+                             '  {match = "What colour is the sky"'))
+    result = cli("run", spec, "--db", work / "ok.db", "--dry-run")
+    assert result.exit_code == 0, result.output
 
 
 def test_unknown_protocols_dir_is_a_usage_error(work):

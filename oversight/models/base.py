@@ -35,30 +35,48 @@ class RetryPolicy(BaseModel):
     backoff_max: float = Field(default=60.0, ge=0)
 
 
-# Option names and values that are credentials: a spec is stored with its run (text and
-# JSON), so a key written in it would land in the store. Keys come from the environment.
+# Credentials in a spec's model options: a spec is stored with its run (text and JSON), so a
+# key written in it would land in the store. Keys come from the environment (api_key_env).
+# Checked: option names; names and values inside header/body/query options; and key-shaped
+# values anywhere. Not free text such as the mock's scripted replies, where "Bearer bonds"
+# or a rule keyed "password" are prompts, not secrets.
 _SECRET_NAME = re.compile(r"^(authorization|proxy-authorization|cookie|(x-)?api[-_]?key|apikey"
                           r"|(access|auth|bearer|session|id)[-_]?token|token|password|secret"
                           r"|.*[-_](api[-_]?key|secret|password))$", re.IGNORECASE)
-_SECRET_VALUE = re.compile(r"^\s*(bearer\s+\S|basic\s+\S|sk-[A-Za-z0-9_-]{8,})", re.IGNORECASE)
+_AUTH_VALUE = re.compile(r"^\s*(bearer|basic)\s+\S", re.IGNORECASE)
+_KEY_VALUE = re.compile(r"\b(sk-[A-Za-z0-9_-]{20,}|sk-ant-[A-Za-z0-9_-]{10,})")
+_WIRE_OPTIONS = ("extra_headers", "default_headers", "headers", "extra_body", "extra_query")
 _KEY_FIELDS = ("api_key", "key", "token", "secret", "password")
 
 
-def _find_secret(value: Any, path: str) -> str | None:
-    """The dotted path of the first credential-like name or value under `value`, if any."""
+def _walk(value: Any, path: str):
+    """(path, name or None, value) for every entry under a nested option value."""
     if isinstance(value, dict):
         for name, inner in value.items():
-            where = f"{path}.{name}"
-            if _SECRET_NAME.match(str(name)) and inner not in (None, ""):
-                return where
-            if (found := _find_secret(inner, where)) is not None:
-                return found
+            yield f"{path}.{name}", str(name), inner
+            yield from _walk(inner, f"{path}.{name}")
     elif isinstance(value, (list, tuple)):
         for i, inner in enumerate(value):
-            if (found := _find_secret(inner, f"{path}[{i}]")) is not None:
-                return found
-    elif isinstance(value, str) and _SECRET_VALUE.match(value):
-        return path
+            yield f"{path}[{i}]", None, inner
+            yield from _walk(inner, f"{path}[{i}]")
+
+
+def _find_secret(options: Any) -> str | None:
+    """The path of the first credential-like option, if any."""
+    if not isinstance(options, dict):
+        return None
+    for name, value in options.items():
+        if _SECRET_NAME.match(str(name)) and value not in (None, ""):
+            return f"options.{name}"
+        if name in _WIRE_OPTIONS:
+            for path, inner_name, inner in _walk(value, f"options.{name}"):
+                if inner_name is not None and _SECRET_NAME.match(inner_name) and inner not in (None, ""):
+                    return path
+                if isinstance(inner, str) and _AUTH_VALUE.match(inner):
+                    return path
+    for path, _, inner in _walk(options, "options"):
+        if isinstance(inner, str) and _KEY_VALUE.search(inner):
+            return path
     return None
 
 
@@ -76,7 +94,7 @@ class ModelConfig(BaseModel):
                     raise ValueError(f"'{name}': never write a key in a spec (the spec is stored "
                                      "with the run); put it in an environment variable and name "
                                      "that variable with api_key_env")
-            if (where := _find_secret(data.get("options"), "options")) is not None:
+            if (where := _find_secret(data.get("options"))) is not None:
                 raise ValueError(f"{where} looks like a credential: a spec is stored with its run, "
                                  "so keys and auth headers must come from the environment "
                                  "(api_key_env), never from the spec")
