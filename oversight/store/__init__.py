@@ -24,7 +24,8 @@ from .tables import (
 from .writer import JSONText, Writer
 
 __all__ = ["Store", "metadata", "runs", "items", "episodes", "messages", "model_calls", "verdicts",
-           "response_cache", "Writer", "JSONText", "DEFAULT_DB", "resolve_url", "migrate", "schema_version", "MIGRATIONS", "utcnow"]
+           "response_cache", "Writer", "JSONText", "DEFAULT_DB", "resolve_url", "migrate",
+           "schema_version", "MIGRATIONS", "utcnow"]
 
 
 def _insert_ignore(table, dialect: str):
@@ -55,13 +56,17 @@ class Store:
 
     def save_run(self, row: dict) -> None:
         """Create the run, or refresh what may change between resumes of the same spec."""
-        with self.engine.begin() as conn:
-            # Insert-or-ignore then update, in one transaction: another process may create
-            # the same run at the same moment, and either order ends with one row.
-            if conn.execute(_insert_ignore(runs, conn.dialect.name), [row]).rowcount == 0:
-                conn.execute(update(runs).where(runs.c.id == row["id"]).values(
-                    spec_toml=row["spec_toml"], spec_path=row.get("spec_path"),
-                    package_version=row["package_version"], updated_at=utcnow()))
+        # Insert-or-ignore, then update if it was there: another process may create the same
+        # run at the same moment, and either order ends with one row.
+        try:
+            with self.engine.begin() as conn:
+                inserted = conn.execute(_insert_ignore(runs, conn.dialect.name), [row]).rowcount
+        except IntegrityError:  # a dialect without insert-or-ignore
+            inserted = 0
+        if not inserted:
+            self._exec(update(runs).where(runs.c.id == row["id"]).values(
+                spec_toml=row["spec_toml"], spec_path=row.get("spec_path"),
+                package_version=row["package_version"], updated_at=utcnow()))
 
     def set_run_status(self, run_id: str, status: str) -> None:
         self._exec(update(runs).where(runs.c.id == run_id).values(status=status, updated_at=utcnow()))
