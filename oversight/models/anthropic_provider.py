@@ -20,7 +20,6 @@ Options read from `config.options`: `timeout` (seconds per attempt; default: the
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import anthropic
@@ -30,11 +29,15 @@ from anthropic.types import Message
 from ..errors import ModelError
 from .base import ModelConfig, ModelRequest, ModelResponse, Provider
 from .headers import (
+    api_key,
     as_int,
     attempt_timeout,
     classify_status,
+    malformed_body,
     redact,
     status_error,
+    timed_out,
+    unexpected_error,
 )
 
 __all__ = ["AnthropicProvider"]
@@ -47,17 +50,12 @@ class AnthropicProvider(Provider):
         self._secrets: tuple[str, ...] = ()
 
     def _make_client(self) -> anthropic.AsyncAnthropic:
-        base_url = self.config.base_url
-        env = self.config.api_key_env or ("ANTHROPIC_API_KEY" if base_url is None else None)
-        key = os.environ.get(env) if env else None
-        if env and not key and base_url is None:
-            raise ModelError(f"environment variable {env} is not set (needed by model "
-                             f"{self.config.model!r})", kind="auth")
+        key = api_key(self.config, "ANTHROPIC_API_KEY")
         self._secrets = (key,) if key else ()
         # Always an explicit api_key: without one the SDK goes looking on its own (other env
         # variables, profile files on disk, workload-identity federation).
         # max_retries=0: the SDK must not retry behind our back; one retry layer sees every attempt.
-        return anthropic.AsyncAnthropic(api_key=key or "not-needed", base_url=base_url,
+        return anthropic.AsyncAnthropic(api_key=key or "not-needed", base_url=self.config.base_url,
                                         max_retries=0, open_telemetry=False,
                                         timeout=attempt_timeout(self.config))
 
@@ -102,19 +100,16 @@ class AnthropicProvider(Provider):
         except anthropic.APIStatusError as exc:
             error = self._status_error(exc)
         except anthropic.APITimeoutError as exc:  # before APIConnectionError: it is a subclass
-            error = ModelError(f"request timed out ({type(exc).__name__})", retryable=True,
-                               kind="timeout")
+            error = timed_out(exc)
         except anthropic.APIConnectionError as exc:
             cause = exc.__cause__ or exc.__context__
             error = ModelError(f"connection failed ({type(cause or exc).__name__})",
                                retryable=True, kind="connection")
         except (anthropic.APIResponseValidationError, json.JSONDecodeError,
                 pydantic.ValidationError, UnicodeDecodeError) as exc:
-            error = ModelError(f"malformed response body ({type(exc).__name__}: "
-                               f"{self._scrub(str(exc))[:200]})", retryable=True, kind="malformed")
+            error = malformed_body(exc, self._secrets)
         except anthropic.AnthropicError as exc:
-            error = ModelError(f"{type(exc).__name__}: {self._scrub(str(exc))[:300]}",
-                               kind="other")
+            error = unexpected_error(exc, self._secrets)
         if error is not None:
             # Raised outside the except block so the SDK exception (whose request carries the
             # Authorization header) is not chained onto ours as __context__.
@@ -173,9 +168,6 @@ class AnthropicProvider(Provider):
             kind, retryable = "overloaded", True
         headers = exc.response.headers if exc.response is not None else None
         return status_error(status, kind, retryable, message, headers, self._secrets)
-
-    def _scrub(self, text: str) -> str:
-        return redact(text, self._secrets)
 
     async def aclose(self) -> None:
         if self._client is not None:

@@ -2,14 +2,17 @@
 
 `retry_after_seconds` reads the headers a provider sends with an error, `classify_status`
 turns an HTTP status (plus the body's error code/type/message) into a `ModelError`'s
-`kind`/`retryable`, and `redact` scrubs a secret from anything a provider returns. The
-retry layer (retry.py) only ever sees `ModelError`, so every provider must agree on these.
+`kind`/`retryable`, and `redact` scrubs a secret from anything a provider returns; the
+small constructors below build the `ModelError`s every SDK-based provider raises alike, and
+`api_key` reads a key from the environment. The retry layer (model.py) only ever sees
+`ModelError`, so every provider must agree on these.
 """
 
 from __future__ import annotations
 
 import email.utils
 import math
+import os
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -214,6 +217,41 @@ def as_int(value: Any) -> int | None:
     """A token count from a usage field: a non-negative int (not a bool), else None (unknown).
     A negative count would shrink a run's spend and let it overrun its budget."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def exception_chain(exc: BaseException | None) -> list[BaseException]:
+    """The exception and everything it was raised from or while handling, outermost first."""
+    out: list[BaseException] = []
+    while exc is not None and all(exc is not e for e in out) and len(out) < 20:
+        out.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return out
+
+
+def api_key(config: Any, default_env: str | None) -> str | None:
+    """The key from the variable the config names (api_key_env), else from the provider's usual
+    one (`default_env`) when it talks to the provider's own API. Unset while that API is the
+    target is an error before any call; a custom base_url (a local server) may need none."""
+    env = config.api_key_env or (default_env if config.base_url is None else None)
+    key = os.environ.get(env) if env else None
+    if env and not key and config.base_url is None:
+        raise ModelError(f"environment variable {env} is not set (needed by model "
+                         f"{config.model!r})", kind="auth")
+    return key
+
+
+def timed_out(exc: BaseException) -> ModelError:
+    return ModelError(f"request timed out ({type(exc).__name__})", retryable=True, kind="timeout")
+
+
+def malformed_body(exc: BaseException, secrets: tuple[str, ...]) -> ModelError:
+    return ModelError(f"malformed response body ({type(exc).__name__}: "
+                      f"{redact(str(exc), secrets)[:200]})", retryable=True, kind="malformed")
+
+
+def unexpected_error(exc: BaseException, secrets: tuple[str, ...]) -> ModelError:
+    """An SDK error none of the above: not retried."""
+    return ModelError(f"{type(exc).__name__}: {redact(str(exc), secrets)[:300]}", kind="other")
 
 
 def status_error(status: int, kind: str, retryable: bool, message: str,

@@ -25,7 +25,15 @@ from typing import Any
 
 from ..errors import ModelError
 from .base import ModelConfig, ModelRequest, ModelResponse, Provider, TokenLogprob
-from .headers import as_int, attempt_timeout, classify_status, redact, retry_after_seconds
+from .headers import (
+    api_key,
+    as_int,
+    attempt_timeout,
+    classify_status,
+    exception_chain,
+    redact,
+    retry_after_seconds,
+)
 
 __all__ = ["LitellmProvider", "import_litellm"]
 
@@ -90,10 +98,7 @@ class LitellmProvider(Provider):
         if self._litellm is not None:
             return
         env, base_url = self.config.api_key_env, self.config.base_url
-        key = os.environ.get(env) if env else None
-        if env and not key and base_url is None:
-            raise ModelError(f"environment variable {env} is not set (needed by model "
-                             f"{self.config.model!r})", kind="auth")
+        key = api_key(self.config, None)
         # Without api_key_env litellm reads the provider's usual variable (OPENAI_API_KEY,
         # GEMINI_API_KEY, ...) itself; a bare base_url (a local server) needs no key at all.
         self._key = key or ("not-needed" if base_url is not None and not env else None)
@@ -149,7 +154,7 @@ class LitellmProvider(Provider):
         import openai
 
         lt = self._litellm
-        chain = _chain(exc)
+        chain = exception_chain(exc)
         if not any(isinstance(e, openai.OpenAIError) for e in chain):
             if any(isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)) for e in chain):
                 return ModelError(f"malformed response body ({type(exc).__name__}: "
@@ -268,15 +273,6 @@ def _headers(exc: BaseException):
     if not headers:
         headers = getattr(exc, "headers", None)
     return headers or None
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """The exception and everything it was raised from or while handling, outermost first."""
-    out: list[BaseException] = []
-    while exc is not None and all(exc is not e for e in out) and len(out) < 20:
-        out.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    return out
 
 
 def _http_status(chain: list[BaseException], httpx, openai) -> tuple[int | None, Any]:

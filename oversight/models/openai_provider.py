@@ -9,7 +9,6 @@ into the JSON body), `reasoning_effort`, and `temperature` (only for reasoning m
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import httpx
@@ -19,11 +18,16 @@ from ..errors import ModelError
 from .base import ModelConfig, ModelRequest, ModelResponse, Provider, TokenLogprob
 from .headers import (
     RETRYABLE_STATUS,
+    api_key,
     as_int,
     attempt_timeout,
     classify_status,
+    exception_chain,
+    malformed_body,
     redact,
     status_error,
+    timed_out,
+    unexpected_error,
 )
 
 __all__ = ["RETRYABLE_STATUS", "OpenAIProvider", "is_reasoning_model"]
@@ -44,23 +48,20 @@ class OpenAIProvider(Provider):
         self._client: openai.AsyncOpenAI | None = None
         self._secrets: tuple[str, ...] = ()
 
-    def _make_client(self, base_url: str | None) -> openai.AsyncOpenAI:
-        env = self.config.api_key_env or ("OPENAI_API_KEY" if base_url is None else None)
-        key = os.environ.get(env) if env else None
-        if env and not key and base_url is None:
-            raise ModelError(f"environment variable {env} is not set (needed by model "
-                             f"{self.config.model!r})", kind="auth")
+    def _make_client(self) -> openai.AsyncOpenAI:
+        key = api_key(self.config, "OPENAI_API_KEY")
         self._secrets = (key,) if key else ()
         # max_retries=0: the SDK must not retry behind our back; one retry layer sees every attempt.
         # aiohttp, the SDK's own alternative transport: httpx's pool spends CPU quadratic in
         # the connections in use (~25 ms a call at 200 connections; bench/RESULTS.md).
         timeout = attempt_timeout(self.config)
-        return openai.AsyncOpenAI(api_key=key or "not-needed", base_url=base_url, max_retries=0,
+        return openai.AsyncOpenAI(api_key=key or "not-needed", base_url=self.config.base_url,
+                                  max_retries=0,
                                   timeout=timeout, http_client=openai.DefaultAioHttpClient(timeout=timeout))
 
     async def start(self) -> None:
         if self._client is None:
-            self._client = self._make_client(self.config.base_url)
+            self._client = self._make_client()
 
     def _kwargs(self, request: ModelRequest) -> dict[str, Any]:
         opts = self.config.options
@@ -108,17 +109,14 @@ class OpenAIProvider(Provider):
                 error = ModelError("malformed response body (could not decode it)", retryable=True,
                                    kind="malformed")
             elif isinstance(exc, openai.APITimeoutError) and dropped is None:
-                error = ModelError(f"request timed out ({type(exc).__name__})", retryable=True,
-                                   kind="timeout")
+                error = timed_out(exc)
             else:
                 error = ModelError(f"connection failed ({dropped or _cause(exc)})", retryable=True,
                                    kind="connection")
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            error = ModelError(f"malformed response body ({type(exc).__name__}: "
-                               f"{self._scrub(str(exc))[:200]})", retryable=True, kind="malformed")
+            error = malformed_body(exc, self._secrets)
         except openai.OpenAIError as exc:
-            error = ModelError(f"{type(exc).__name__}: {self._scrub(str(exc))[:300]}",
-                               kind="other")
+            error = unexpected_error(exc, self._secrets)
         if error is not None:
             # Raised outside the except block so the SDK exception (whose request carries the
             # Authorization header) is not chained onto ours as __context__.
@@ -132,7 +130,7 @@ class OpenAIProvider(Provider):
             # Some gateways answer 200 with an error body: say what the server said.
             err = data["error"]
             message = err.get("message") if isinstance(err, dict) else err
-            raise ModelError(f"error in a 200 response: {self._scrub(str(message))[:300]}",
+            raise ModelError(f"error in a 200 response: {redact(str(message), self._secrets)[:300]}",
                              retryable=True, kind="server")
         if not isinstance(data, dict) or "choices" not in data:
             raise ModelError(f"malformed response: expected a chat completion, got "
@@ -168,9 +166,6 @@ class OpenAIProvider(Provider):
         headers = exc.response.headers if exc.response is not None else None
         return status_error(status, kind, retryable, message, headers, self._secrets)
 
-    def _scrub(self, text: str) -> str:
-        return redact(text, self._secrets)
-
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.close()
@@ -203,23 +198,14 @@ _DISCONNECTS = ("ServerDisconnectedError", "ClientOSError", "ClientConnectorErro
                 "ConnectionResetError", "ConnectionRefusedError", "BrokenPipeError")
 
 
-def _chain(exc: BaseException | None):
-    """An exception and its causes, at most ten deep."""
-    for _ in range(10):
-        if exc is None:
-            return
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-
-
 def _disconnect(exc: BaseException) -> str | None:
     """The name of the error beneath a transport failure when the peer dropped or refused the
     connection (httpx-aiohttp may call that a timeout), else None."""
-    return next((type(e).__name__ for e in _chain(exc) if type(e).__name__ in _DISCONNECTS), None)
+    return next((type(e).__name__ for e in exception_chain(exc) if type(e).__name__ in _DISCONNECTS), None)
 
 
 def _undecodable(exc: BaseException) -> bool:
-    return any(isinstance(e, httpx.DecodingError) for e in _chain(exc))
+    return any(isinstance(e, httpx.DecodingError) for e in exception_chain(exc))
 
 
 def _cause(exc: BaseException) -> str:
