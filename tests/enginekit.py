@@ -1,6 +1,8 @@
 """Helpers for the engine tests: write a TOML spec, run it with mock models, read the store.
 
-Not a test module (no `test_` prefix). Used by test_protocols.py and test_store.py.
+Not a test module (no `test_` prefix). Used by test_protocols.py and test_store.py, and (the
+boolq spec, run_inproc, direct/debate) by the HTTP tests test_resilience.py and
+test_limits_cache.py.
 """
 
 from __future__ import annotations
@@ -52,6 +54,28 @@ def write_spec(path: Path, *, name: str = "t", datasets: list[str], protocols: l
     return path
 
 
+def boolq_spec(path: Path, *, name: str, models: dict[str, dict], protocols: list[dict],
+               limit: int, concurrency: int = 4, budget: dict | None = None) -> Path:
+    """A boolq spec with models as given (no provider default). [budget] comes last so a test
+    can rewrite that table alone."""
+    lines = [f"name = {toml_value(name)}", f"concurrency = {concurrency}",
+             f"data = {toml_value({'datasets': ['boolq'], 'limit': limit})}",
+             f"models = {toml_value(models)}", f"protocols = {toml_value(protocols)}"]
+    if budget:
+        lines += ["", "[budget]"] + [f"{k} = {toml_value(v)}" for k, v in budget.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def direct(alias: str = "m") -> dict:
+    return {"name": "direct", "roles": {"judge": alias}}
+
+
+def debate(alias: str = "m", **params) -> dict:
+    protocol = {"name": "debate", "roles": {"debater_a": alias, "debater_b": alias, "judge": alias}}
+    return {**protocol, "params": params} if params else protocol
+
+
 def mock(script: list[str] | None = None, rules: list[dict] | None = None, **options) -> dict:
     """A mock model config: a cycled script and/or substring rules, plus other mock options."""
     if script is not None:
@@ -99,8 +123,22 @@ def run(spec_path: Path, db: Path, *, limit: int | None = None, retry_failed: bo
     return Result(loaded, models, summary)
 
 
+async def run_inproc(spec: Path, db: Path, *, retry_failed: bool = False, use_cache: bool = True,
+                     protocol_dirs: list[Path] = ()) -> tuple[LoadedSpec, RunSummary]:
+    """The runner as the CLI drives it (real models, store cache, spec budget), minus the
+    terminal."""
+    registry, prompts = load_all(protocol_dirs=list(protocol_dirs))
+    loaded = load_spec(spec, registry)
+    store = Store(db)
+    try:
+        return loaded, await run_batch(loaded, store, prompts, retry_failed=retry_failed,
+                                       use_cache=use_cache)
+    finally:
+        store.close()
+
+
 def rows(db: Path, sql: str, *args) -> list[dict]:
-    con = sqlite3.connect(db)
+    con = sqlite3.connect(db, timeout=30)  # another process may be writing the store
     con.row_factory = sqlite3.Row
     try:
         return [dict(r) for r in con.execute(sql, args)]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -27,7 +26,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from enginekit import toml_value
+from enginekit import boolq_spec, debate, direct, run_inproc
+from enginekit import rows as q  # q(db, sql, *args): a query's rows as dicts
 from typer.testing import CliRunner
 
 from oversight.cli import app
@@ -36,9 +36,7 @@ from oversight.models.base import Price, RetryPolicy
 from oversight.models.model import _estimate_tokens
 from oversight.models.pricing import price_for, price_table
 from oversight.plugins import load_all
-from oversight.runner import run_batch
 from oversight.spec import load_spec
-from oversight.store import Store
 from oversight.testing.fakeserver import FakeServer
 
 RETRY = {"max_attempts": 2, "backoff_initial": 0.01, "backoff_max": 0.05}
@@ -54,50 +52,9 @@ def model_cfg(srv: FakeServer, **kw) -> dict:
             "retry": RETRY, "timeout": 10.0, **kw}
 
 
-def direct(alias: str) -> dict:
-    return {"name": "direct", "roles": {"judge": alias}}
-
-
-def debate(alias: str, **params) -> dict:
-    return {"name": "debate", "params": params,
-            "roles": {"debater_a": alias, "debater_b": alias, "judge": alias}}
-
-
-def write_spec(path: Path, *, name: str, models: dict[str, dict], protocols: list[dict],
-               limit: int, concurrency: int = 4, budget: dict | None = None) -> Path:
-    lines = [f"name = {toml_value(name)}", f"concurrency = {concurrency}",
-             f"data = {toml_value({'datasets': ['boolq'], 'limit': limit})}",
-             f"models = {toml_value(models)}", f"protocols = {toml_value(protocols)}"]
-    if budget:
-        lines += ["", "[budget]"] + [f"{k} = {toml_value(v)}" for k, v in budget.items()]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-async def run_inproc(spec: Path, db: Path, *, use_cache: bool = True,
-                     protocol_dirs: list[Path] = ()):
-    """The runner as the CLI drives it (store cache, spec budget), minus the terminal."""
-    registry, prompts = load_all(protocol_dirs=list(protocol_dirs))
-    loaded = load_spec(spec, registry)
-    store = Store(db)
-    try:
-        return loaded, await run_batch(loaded, store, prompts, use_cache=use_cache)
-    finally:
-        store.close()
-
-
 def cli(*args):
     return CliRunner().invoke(app, [str(a) for a in args],
                               env={"COLUMNS": "200", "OVERSIGHT_DB": None})
-
-
-def q(db: Path, sql: str, *args) -> list[dict]:
-    con = sqlite3.connect(db, timeout=30)
-    con.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in con.execute(sql, args)]
-    finally:
-        con.close()
 
 
 def run_calls(db: Path, run_id: str) -> list[dict]:
@@ -122,7 +79,7 @@ def server():
 
 async def test_model_concurrency_cap_is_reached_and_never_exceeded(tmp_path):
     async with FakeServer(latency=0.2) as srv:
-        spec = write_spec(tmp_path / "conc.toml", name="conc", limit=12, concurrency=12,
+        spec = boolq_spec(tmp_path / "conc.toml", name="conc", limit=12, concurrency=12,
                           models={"m": model_cfg(srv, concurrency=3)}, protocols=[direct("m")])
         loaded, summary = await run_inproc(spec, tmp_path / "store.db")
         stats = dict(srv.stats)
@@ -136,7 +93,7 @@ async def test_endpoint_concurrency_caps_models_sharing_a_base_url(tmp_path):
         # Each alias alone would allow 4 in flight (8 together); the endpoint allows 2.
         models = {"a": model_cfg(srv, model="fake-a", concurrency=4, endpoint_concurrency=2),
                   "b": model_cfg(srv, model="fake-b", concurrency=4, endpoint_concurrency=2)}
-        spec = write_spec(tmp_path / "ep.toml", name="endpoint", limit=6, concurrency=12,
+        spec = boolq_spec(tmp_path / "ep.toml", name="endpoint", limit=6, concurrency=12,
                           models=models, protocols=[direct("a"), direct("b")])
         loaded, summary = await run_inproc(spec, tmp_path / "store.db")
         stats = dict(srv.stats)
@@ -153,7 +110,7 @@ def test_endpoint_cap_holds_in_a_second_event_loop(tmp_path, server):
     server.latency = 0.1
     models = {"m": model_cfg(server, concurrency=4, endpoint_concurrency=1)}
     for name in ("loop-one", "loop-two"):
-        spec = write_spec(tmp_path / f"{name}.toml", name=name, limit=4, concurrency=4,
+        spec = boolq_spec(tmp_path / f"{name}.toml", name=name, limit=4, concurrency=4,
                           models=models, protocols=[direct("m")])
         server.clear()
         # No response cache: the second batch's identical requests must reach the server.
@@ -264,7 +221,7 @@ async def test_identical_requests_in_a_new_run_are_all_cache_hits(
     async with FakeServer(reply=lambda req: f"Answer: A\nConfidence: 80%\n(reply {next(counter)})") as srv:
         models = {"m": model_cfg(srv, temperature=0.7)}
         protocols = [{"name": "lc_ask_twice", "roles": {"judge": "m"}}]
-        specs = {name: write_spec(tmp_path / f"{name}.toml", name=name, limit=2, models=models,
+        specs = {name: boolq_spec(tmp_path / f"{name}.toml", name=name, limit=2, models=models,
                                   protocols=protocols) for name in ("first", "second", "third")}
         db = tmp_path / "store.db"
 
@@ -341,9 +298,9 @@ def test_no_cache_flag_sends_identical_requests_again(tmp_path, server, twice_pr
     models = {"m": model_cfg(server, temperature=0.7)}
     protocols = [{"name": "lc_ask_twice", "roles": {"judge": "m"}}]
     db = tmp_path / "store.db"
-    first = write_spec(tmp_path / "first.toml", name="nc-first", limit=1, models=models,
+    first = boolq_spec(tmp_path / "first.toml", name="nc-first", limit=1, models=models,
                        protocols=protocols)
-    again = write_spec(tmp_path / "again.toml", name="nc-again", limit=1, models=models,
+    again = boolq_spec(tmp_path / "again.toml", name="nc-again", limit=1, models=models,
                        protocols=protocols)
     r1 = cli("run", first, "--db", db, "--protocols", twice_protocols, "-q")
     assert r1.exit_code == 0, r1.output
@@ -365,7 +322,7 @@ def test_cache_command_explains_hits_no_cache_and_a_temperature_miss(tmp_path, s
     db = tmp_path / "store.db"
 
     def run_spec(name: str, *flags: str, **model) -> int:
-        spec = write_spec(tmp_path / f"{name}.toml", name=name, limit=1,
+        spec = boolq_spec(tmp_path / f"{name}.toml", name=name, limit=1,
                           models={"m": model_cfg(server, **model)}, protocols=[direct("m")])
         result = cli("run", spec, "--db", db, "-q", *flags)
         assert result.exit_code == 0, result.output
@@ -404,7 +361,7 @@ async def test_stored_costs_follow_from_tokens_and_price_and_unpriced_is_null(tm
     async with FakeServer() as srv:
         models = {"p": model_cfg(srv, model="fake-priced", price=PRICE),
                   "u": model_cfg(srv, model="unpriced-model-x")}
-        spec = write_spec(tmp_path / "cost.toml", name="cost", limit=1, models=models,
+        spec = boolq_spec(tmp_path / "cost.toml", name="cost", limit=1, models=models,
                           protocols=[debate("p"), direct("u")])
         db = tmp_path / "store.db"
         loaded, summary = await run_inproc(spec, db)
@@ -451,7 +408,7 @@ def test_price_for_resolves_dated_snapshots_and_litellm_names():
 def test_dollar_budget_with_an_unpriced_model_is_a_spec_error(tmp_path, server):
     models = {"p": model_cfg(server, model="fake-priced", price=PRICE),
               "u": model_cfg(server, model="unpriced-model-x")}
-    spec = write_spec(tmp_path / "budget.toml", name="budget", limit=1, models=models,
+    spec = boolq_spec(tmp_path / "budget.toml", name="budget", limit=1, models=models,
                       protocols=[direct("p"), direct("u")], budget={"usd": 1.0})
     db = tmp_path / "store.db"
     result = cli("run", spec, "--db", db, "-q")
@@ -485,7 +442,7 @@ def _dry(spec: Path, db: Path) -> str:
 
 def test_dry_run_calls_nothing_writes_nothing_and_counts_what_is_left(tmp_path, server):
     models = {"m": model_cfg(server, price=PRICE), "j": model_cfg(server, model="fake-j", price=PRICE)}
-    spec = write_spec(tmp_path / "dry.toml", name="dry", limit=2, models=models,
+    spec = boolq_spec(tmp_path / "dry.toml", name="dry", limit=2, models=models,
                       protocols=[debate("m", rounds=2), direct("j")])
     db = tmp_path / "dry.db"
 
@@ -526,7 +483,7 @@ def test_dry_run_does_not_wait_on_rate_limits(tmp_path, server):
     rpm/tpm for many minutes (1 request and 1 token a minute) is estimated without waiting
     for those limits. A subprocess with a deadline, so that waiting is a failure, not a hang."""
     models = {"m": model_cfg(server, rpm=1, tpm=1, endpoint_concurrency=1, price=PRICE)}
-    spec = write_spec(tmp_path / "slow.toml", name="slow", limit=2, models=models,
+    spec = boolq_spec(tmp_path / "slow.toml", name="slow", limit=2, models=models,
                       protocols=[debate("m", rounds=2)])
     db = tmp_path / "slow.db"
     try:

@@ -28,7 +28,8 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from enginekit import toml_value
+from enginekit import boolq_spec, debate, direct, load, run_inproc, toml_value
+from enginekit import rows as q  # q(db, sql, *args): a query's rows as dicts
 
 from oversight.plugins import load_all
 from oversight.runner import run_batch
@@ -55,42 +56,6 @@ def model_cfg(srv: FakeServer, provider: str = "openai", **kw) -> dict:
     return {**cfg, **kw}
 
 
-def direct(alias: str = "m") -> dict:
-    return {"name": "direct", "roles": {"judge": alias}}
-
-
-def debate(alias: str = "m") -> dict:
-    return {"name": "debate", "roles": {"debater_a": alias, "debater_b": alias, "judge": alias}}
-
-
-def write_spec(path: Path, *, name: str, models: dict[str, dict], protocols: list[dict],
-               limit: int, concurrency: int = 4, budget: dict | None = None) -> Path:
-    """A boolq spec. [budget] comes last so a test can rewrite that table alone."""
-    lines = [f"name = {toml_value(name)}", f"concurrency = {concurrency}",
-             f"data = {toml_value({'datasets': ['boolq'], 'limit': limit})}",
-             f"models = {toml_value(models)}", f"protocols = {toml_value(protocols)}"]
-    if budget:
-        lines += ["", "[budget]"] + [f"{k} = {toml_value(v)}" for k, v in budget.items()]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def load(spec: Path):
-    registry, _ = load_all()
-    return load_spec(spec, registry)
-
-
-async def run_inproc(spec: Path, db: Path, *, retry_failed: bool = False):
-    """The runner as the CLI drives it (store cache, spec budget), minus the terminal."""
-    registry, prompts = load_all()
-    loaded = load_spec(spec, registry)
-    store = Store(db)
-    try:
-        return loaded, await run_batch(loaded, store, prompts, retry_failed=retry_failed)
-    finally:
-        store.close()
-
-
 def cli_env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in ("OVERSIGHT_DB", "OPENAI_API_KEY", "ANTHROPIC_API_KEY")}
@@ -107,15 +72,6 @@ def run_cli(spec: Path, db: Path, *args: str,
             env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(cli_cmd(spec, db, *args), check=False, capture_output=True, text=True,
                           cwd=spec.parent, env=env or cli_env(), timeout=DEADLINE * 2)
-
-
-def q(db: Path, sql: str, *args) -> list[dict]:
-    con = sqlite3.connect(db, timeout=30)
-    con.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in con.execute(sql, args)]
-    finally:
-        con.close()
 
 
 def calls_per_episode(db: Path) -> dict[int, int]:
@@ -248,7 +204,7 @@ def test_faulty_batch_ends_consistent_and_rerun_finishes_the_rest(tmp_path, serv
     # test_failed_simultaneous_turn_does_not_outlive_its_episode for why not debate's). A
     # "timeout" fault costs one attempt timeout; 2 s leaves a loaded machine room to answer
     # every other request in time.
-    spec = write_spec(tmp_path / "faulty.toml", name="faulty", limit=5,
+    spec = boolq_spec(tmp_path / "faulty.toml", name="faulty", limit=5,
                       models={"m": model_cfg(srv, timeout=2.0),
                               "j": model_cfg(srv, model="fake-direct", timeout=2.0)},
                       protocols=[direct("j"), debate("m")])
@@ -325,7 +281,7 @@ def test_failed_simultaneous_turn_does_not_outlive_its_episode(tmp_path, server)
     srv = server
     srv.faults = lambda index, req: ({"kind": "auth"} if req.get("model") == "fake-a"
                                      else {"kind": "slow", "delay": 0.3})
-    spec = write_spec(tmp_path / "sibling.toml", name="sibling", limit=1,
+    spec = boolq_spec(tmp_path / "sibling.toml", name="sibling", limit=1,
                       models={"a": model_cfg(srv, model="fake-a"),
                               "b": model_cfg(srv, model="fake-b"),
                               "j": model_cfg(srv, model="fake-j")},
@@ -352,7 +308,7 @@ def test_failed_simultaneous_turn_does_not_outlive_its_episode(tmp_path, server)
 async def test_fatal_error_fails_the_episode_after_one_attempt(tmp_path, provider, fault, status,
                                                                kind):
     async with FakeServer(faults=[fault]) as srv:
-        spec = write_spec(tmp_path / "fatal.toml", name="fatal", limit=1,
+        spec = boolq_spec(tmp_path / "fatal.toml", name="fatal", limit=1,
                           models={"m": model_cfg(srv, provider)}, protocols=[direct()])
         db = tmp_path / "store.db"
         _, summary = await run_inproc(spec, db)
@@ -373,7 +329,7 @@ def _ts(value: str) -> float:
 async def test_rate_limit_waits_at_least_retry_after(tmp_path, provider):
     wait = 0.4  # far above backoff_max (0.05): only Retry-After can explain a gap this long
     async with FakeServer(faults=[{"kind": "rate_limit", "retry_after": wait}] * 2) as srv:
-        spec = write_spec(tmp_path / "rl.toml", name="rl", limit=1,
+        spec = boolq_spec(tmp_path / "rl.toml", name="rl", limit=1,
                           models={"m": model_cfg(srv, provider)}, protocols=[direct()])
         db = tmp_path / "store.db"
         _, summary = await run_inproc(spec, db)
@@ -422,7 +378,7 @@ def test_kill_9_then_resume_does_exactly_the_missing_episodes(tmp_path, server):
     held = {"on": True}
     srv.faults = lambda index, req: ({"kind": "slow", "delay": 60}
                                      if held["on"] and index >= gate else None)
-    spec = write_spec(tmp_path / "kill.toml", name="kill", limit=planned, concurrency=concurrency,
+    spec = boolq_spec(tmp_path / "kill.toml", name="kill", limit=planned, concurrency=concurrency,
                       # a generous per-attempt timeout: held requests must not time out
                       models={"m": model_cfg(srv, concurrency=concurrency, timeout=60.0)},
                       protocols=[direct()])
@@ -537,9 +493,9 @@ def test_stores_opened_at_once_on_a_new_file(tmp_path):
 def test_two_different_specs_share_one_new_store(tmp_path, server):
     """Both start on a store that does not exist yet: schema creation races too."""
     srv = server
-    a = write_spec(tmp_path / "a.toml", name="alpha", limit=10, concurrency=8,
+    a = boolq_spec(tmp_path / "a.toml", name="alpha", limit=10, concurrency=8,
                    models={"m": model_cfg(srv, concurrency=8)}, protocols=[direct()])
-    b = write_spec(tmp_path / "b.toml", name="beta", limit=4, concurrency=8,
+    b = boolq_spec(tmp_path / "b.toml", name="beta", limit=4, concurrency=8,
                    models={"m": model_cfg(srv, concurrency=8)}, protocols=[direct(), debate()])
     db = tmp_path / "shared.db"
     results = run_together(cli_cmd(a, db), cli_cmd(b, db), cwd=tmp_path)
@@ -565,7 +521,7 @@ def test_same_spec_twice_at_once_shares_the_work(tmp_path, server):
     srv = server
     srv.latency = 0.05
     concurrency = 8
-    spec = write_spec(tmp_path / "same.toml", name="same", limit=8, concurrency=concurrency,
+    spec = boolq_spec(tmp_path / "same.toml", name="same", limit=8, concurrency=concurrency,
                       models={"m": model_cfg(srv, concurrency=concurrency)},
                       protocols=[direct(), debate()])
     loaded = load(spec)
@@ -609,7 +565,7 @@ async def test_budget_stops_cleanly_and_raising_it_resumes(tmp_path, case):
     cap, concurrency = c["cap"], c["concurrency"]
     in_flight = concurrency * c["calls_per_episode"]  # calls that can be under way at once
     async with FakeServer(latency=0.05) as srv:
-        spec = write_spec(tmp_path / "budget.toml", name="budget", limit=c["limit"],
+        spec = boolq_spec(tmp_path / "budget.toml", name="budget", limit=c["limit"],
                           concurrency=concurrency, budget=cap,
                           models={"m": model_cfg(srv, concurrency=in_flight, price=PRICE)},
                           protocols=[c["protocol"]])
@@ -674,9 +630,9 @@ def test_api_key_is_nowhere_in_the_store_or_output(tmp_path, server, monkeypatch
     models = {"oa": model_cfg(srv, "openai", api_key_env=KEY_ENV),
               "an": model_cfg(srv, "anthropic", api_key_env=KEY_ENV)}
     protocols = [direct("oa"), direct("an")]  # direct only: see the sibling-turn test above
-    ok_spec = write_spec(tmp_path / "ok.toml", name="keys-ok", limit=2, models=models,
+    ok_spec = boolq_spec(tmp_path / "ok.toml", name="keys-ok", limit=2, models=models,
                          protocols=protocols)
-    bad_spec = write_spec(tmp_path / "bad.toml", name="keys-401", limit=2, models=models,
+    bad_spec = boolq_spec(tmp_path / "bad.toml", name="keys-401", limit=2, models=models,
                           protocols=protocols)
     # Two stores: in one, the 401 run would be answered from the first run's response cache.
     ok_db, db = tmp_path / "ok.db", tmp_path / "bad.db"
