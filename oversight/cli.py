@@ -49,31 +49,31 @@ def _oversight_error(exc: Exception) -> typer.Exit:
 
 
 def _plugins(protocols: list[Path] | None, prompts: list[Path] | None):
-    """Load built-in, installed and user protocols; a broken plugin is a usage error."""
+    """Load built-in, installed and user protocols; a broken plugin or a missing folder is a
+    usage error naming the file (and line)."""
+    from .errors import OversightError
     from .plugins import load_all
-    from .registry import ProtocolConflict
     try:
         return load_all(protocols or [], prompts or [])
-    except (ProtocolConflict, FileNotFoundError, SyntaxError, ImportError, TypeError) as exc:
-        raise _fail(f"loading protocols: {type(exc).__name__}: {exc}") from None
+    except OversightError as exc:
+        raise _oversight_error(exc) from None
 
 
 def _store(db: str | None, *, create: bool = False):
-    """Open the store; read-only commands never create an empty database by accident."""
-    import os
-
-    from .store import DEFAULT_DB, Store
-    target = str(db or os.environ.get("OVERSIGHT_DB") or DEFAULT_DB)
-    if not create and "://" not in target and not Path(target).expanduser().exists():
-        raise _fail(f"no store at {target} (pass --db, set OVERSIGHT_DB, or start a run with "
-                    "`oversight run SPEC.toml`)")
-    return Store(db)
+    """Open the store: read-only unless `create` (a run), so `show`, `report` and the like
+    never create, migrate or write to a database. A bad store is a usage error (exit 2)."""
+    from .errors import StoreError
+    from .store import Store
+    try:
+        return Store(db, readonly=not create)
+    except StoreError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _safe_url(url: str) -> str:
     """A store URL fit to print: a PostgreSQL password never reaches the terminal or logs."""
-    from sqlalchemy.engine import make_url
-    return make_url(url).render_as_string(hide_password=True)
+    from .store import safe_url
+    return safe_url(url)
 
 
 def _resolve_runs(store, refs: list[str]) -> list[str]:
@@ -97,7 +97,7 @@ def _print_report(store, run_ids: list[str]) -> None:
 @app.command()
 def run(spec: Annotated[Path, typer.Argument(metavar="SPEC.toml", help="The batch spec (TOML)")],
         db: DbOpt = None,
-        limit: Annotated[int | None, typer.Option(min=1, metavar="N", help="At most N items per dataset")] = None,
+        limit: Annotated[int | None, typer.Option(metavar="N", help="At most N items per dataset")] = None,
         retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run failed episodes again")] = False,
         protocols: ProtoOpt = None, prompts: PromptOpt = None,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Print episodes, calls and an estimated "
@@ -107,70 +107,108 @@ def run(spec: Annotated[Path, typer.Argument(metavar="SPEC.toml", help="The batc
         budget_tokens: Annotated[int | None, typer.Option(min=0, metavar="N", help="Override [budget] tokens")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display")] = False) -> None:
     """Run a batch spec; re-running the same spec resumes it (finished episodes are skipped)."""
-    import asyncio
 
     from .errors import OversightError
+    from .preflight import preflight
     from .spec import load_spec
 
+    if limit is not None and limit < 1:
+        raise _fail(f"--limit: expected a number of items of at least 1, got {limit}")
     registry, library = _plugins(protocols, prompts)
     try:
         loaded = load_spec(spec, registry, limit=limit)  # every check before any call or db write
+        preflight(loaded, library)  # every template and protocol tried against stand-in models
     except OversightError as exc:
         raise _oversight_error(exc) from None
-
-    from rich.markup import escape
 
     if dry_run:
         _dry_run(loaded, library, db, retry_failed)
         return
+    _execute(loaded, library, db, retry_failed=retry_failed, no_cache=no_cache,
+             budget_usd=budget_usd, budget_tokens=budget_tokens, quiet=quiet)
+
+
+EXIT_SIGNAL = {"SIGINT": EXIT_INTERRUPTED, "SIGTERM": 143}  # 128 + the signal's number
+
+
+def _execute(loaded, library, db, *, retry_failed: bool, no_cache: bool,
+             budget_usd: float | None, budget_tokens: int | None, quiet: bool) -> None:
+    """Run a validated spec against the store, report, and exit with what happened to *this*
+    run: 0 when its episodes are done (or being finished by another live worker), 1 when some
+    failed or were left, 130/143 when stopped by Ctrl-C/SIGTERM."""
+    import os
+
+    from rich.markup import escape
+
+    from .errors import OversightError, StoreError
+    from .interrupts import run_until_signal
     from .models import Budget
-    from .runner import run_batch
+    from .runner import LEASE_SECONDS, run_batch
     budget = None
     if budget_usd is not None or budget_tokens is not None or loaded.spec.budget.usd or loaded.spec.budget.tokens:
         budget = Budget(budget_usd if budget_usd is not None else loaded.spec.budget.usd,
                         budget_tokens if budget_tokens is not None else loaded.spec.budget.tokens)
     store = _store(db, create=True)
+    lease = float(os.environ.get("OVERSIGHT_LEASE_SECONDS") or LEASE_SECONDS)
     err = _console(stderr=True)
     err.print(f"[bold]{loaded.run_id}[/]: {len(loaded.plans)} episodes "
               f"({len(loaded.items)} items) → {escape(_safe_url(store.url))}")
+
+    def notice(first: bool, name: str) -> None:
+        if first:
+            err.print(f"\n[yellow]{name}: stopping.[/] Finishing writes and marking the episodes in "
+                      "flight for redo; another signal will not cut this short.")
+        else:
+            err.print(f"[yellow]{name}: still stopping[/] (writes are being finished).")
+
+    from .progress import QuietProgress, RichProgress
+    progress = QuietProgress(err) if quiet else RichProgress(err)
     try:
-        from .progress import QuietProgress, RichProgress
-        progress = QuietProgress(err) if quiet else RichProgress(err)
         with progress:
-            summary = asyncio.run(run_batch(loaded, store, library, retry_failed=retry_failed,
-                                            progress=progress, use_cache=not no_cache, budget=budget))
-    except KeyboardInterrupt:
-        err.print("\n[yellow]interrupted.[/] The store is consistent: finished episodes are kept "
-                  "and the ones in flight will be redone. Re-run the same command to resume.")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+            summary, caught = run_until_signal(
+                lambda: run_batch(loaded, store, library, retry_failed=retry_failed,
+                                  progress=progress, use_cache=not no_cache, budget=budget,
+                                  lease_seconds=lease), notice)
+    except StoreError as exc:  # the store failed mid-run: not a usage error
+        err.print(f"[bold red]error:[/] {escape(str(exc))}\nEpisodes in flight keep their lease "
+                  "and are redone by the next run (at once from this machine).", soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED) from None
     except OversightError as exc:
         raise _oversight_error(exc) from None
+    if caught is not None:
+        err.print(f"[yellow]interrupted ({caught}).[/] The store is consistent: finished episodes are "
+                  "kept and the ones in flight will be redone. Re-run the same command to resume.")
+        raise typer.Exit(EXIT_SIGNAL.get(caught, EXIT_INTERRUPTED))
 
     _print_report(store, [summary.run_id])
-    if summary.status != "finished":
-        states = [s for _, s in store.episode_status(summary.run_id).values()]
-        if summary.status == "budget_exhausted":
-            err.print(f"[yellow]budget exhausted:[/] {len(states) - states.count('done')} episode(s) "
-                      "not finished; raise \\[budget] in the spec and re-run to continue.")
-        if states.count("failed"):
-            err.print(f"[red]{states.count('failed')} episode(s) failed[/] (see `oversight show ID`); "
-                      "re-run with --retry-failed to try them again.")
+    states = summary.states
+    left = sum(n for s, n in states.items() if s != "done")
+    if summary.status == "running":
+        err.print(f"{summary.others} episode(s) are being run by another worker (live leases); "
+                  "this worker's share is done.")
+    if summary.status == "budget_exhausted":
+        err.print(f"[yellow]budget exhausted:[/] {left} episode(s) not finished; raise \\[budget] in "
+                  "the spec and re-run to continue.")
+    if states.get("failed"):
+        err.print(f"[red]{states['failed']} episode(s) failed[/] (see `oversight show ID`); "
+                  "re-run with --retry-failed to try them again.")
+    elif summary.status == "incomplete":
+        err.print(f"[yellow]{left} episode(s) not finished[/]; re-run the same command to finish them.")
+    if summary.status not in ("finished", "running") or states.get("failed"):
         raise typer.Exit(EXIT_FAILED)
 
 
 def _dry_run(loaded, library, db, retry_failed: bool) -> None:
     """What a run would do, from the plans and the store, without a single call."""
-    import os
-
     from rich.table import Table
 
     from .estimate import LOW_FRACTION, estimate
     from .runner import todo
-    from .store import DEFAULT_DB, Store
-    target = str(db or os.environ.get("OVERSIGHT_DB") or DEFAULT_DB)
+    from .store import target_of
+    target = target_of(db)
     status = {}
     if "://" in target or Path(target).expanduser().exists():  # a dry run never creates a store
-        status = Store(db).episode_status(loaded.run_id)
+        status = _store(db).episode_status(loaded.run_id)
     pending = [plan for plan, _ in todo(loaded.plans, status, retry_failed)]
     est = estimate(pending, len(loaded.plans) - len(pending), loaded.models, library)
     out = _console()
@@ -277,6 +315,19 @@ def report(run_refs: Annotated[list[str], typer.Argument(
     """Judge accuracy with bootstrap CIs, unparsed counts and tokens, per run and variant."""
     store = _store(db)
     _print_report(store, _resolve_runs(store, run_refs))
+
+
+@app.command()
+def migrate(db: DbOpt = None) -> None:
+    """Upgrade a store's schema to this version of oversight (runs do it themselves; read-only
+    commands never do)."""
+    from .errors import StoreError
+    from .store import Store, safe_url, target_of
+    try:
+        Store(db).close()
+    except StoreError as exc:
+        raise _fail(str(exc)) from None
+    _console().print(f"{safe_url(target_of(db))}: schema up to date")
 
 
 def main() -> None:

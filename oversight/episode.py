@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from . import quotes
 from .items import Item
-from .models import CallRecord, Model, ModelRequest, ModelResponse
+from .models import CallGroup, CallRecord, Model, ModelRequest, ModelResponse, call_group
 from .prompts import PromptLibrary
 from .registry import ProtocolDef
 from .verdict import Verdict, parse_verdict
@@ -120,21 +120,42 @@ class Episode:
         return [m for m in messages if m.visible_for(role)]
 
     async def together(self, *turns: Awaitable[Any]) -> list[Any]:
-        """Simultaneous turns: none sees the others' messages until all have finished."""
-        token = _horizon.set(len(self.transcript))
+        """Simultaneous turns: none sees the others' messages until all have finished.
+
+        If a turn fails, the others start no new model call; one whose request is already
+        with the server is let finish, so its reply and cost are recorded. Then the first
+        failure is raised — never a sibling's cancellation, whatever the turn order."""
+        group = CallGroup(parent=call_group.get())
+        horizon, grouped = _horizon.set(len(self.transcript)), call_group.set(group)
         try:
             tasks = [asyncio.ensure_future(t) for t in turns]
         finally:
-            _horizon.reset(token)  # the tasks copied the horizon when they were created
+            # The tasks copied both when they were created.
+            _horizon.reset(horizon)
+            call_group.reset(grouped)
+        first: asyncio.Task | None = None
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        finally:
-            # One turn failed (or we were cancelled): the others must not outlive the episode.
-            pending = [t for t in tasks if not t.done()]
-            for t in pending:
+            waiting = set(tasks)
+            while waiting:
+                done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_EXCEPTION)
+                failed = [t for t in tasks if t in done and not t.cancelled() and t.exception()]
+                if failed and first is None:
+                    first = failed[0]
+                    group.abandon(f"a simultaneous turn failed: {first.exception()}")
+                    for t in waiting - group.in_flight:  # nothing sent yet: stop them now
+                        t.cancel()
+        except asyncio.CancelledError:
+            # We were cancelled (Ctrl-C, a lost lease): no turn outlives the episode.
+            for t in tasks:
                 t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        return [t.result() for t in tasks]  # raises the first failure, in turn order
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        if first is not None:
+            for t in tasks:  # retrieve every outcome: no "exception was never retrieved"
+                if not t.cancelled():
+                    t.exception()
+            raise first.exception()
+        return [t.result() for t in tasks]
 
     async def in_order(self, *turns: Awaitable[Any]) -> list[Any]:
         """Sequential turns: each sees the ones before it."""

@@ -31,3 +31,11 @@ class ModelError(OversightError):
                  retry_after: float | None = None, kind: str = "other"):
         self.retryable, self.status, self.retry_after, self.kind = retryable, status, retry_after, kind
         super().__init__(message)
+
+
+class StoreError(OversightError):
+    """A store cannot be opened or written as asked: names the store and what was expected."""
+
+    def __init__(self, target: str, message: str):
+        self.target, self.message = target, message
+        super().__init__(f"{target}: {message}")

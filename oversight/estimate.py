@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 from .episode import Episode
 from .models import Model, ModelConfig, ModelRequest, ModelResponse, Provider
@@ -21,8 +22,9 @@ LOW_FRACTION = 0.3
 _FILLER = "word "
 
 
-class _Estimator(Provider):
-    """Answers at once with a parseable verdict padded to a fixed share of max_tokens."""
+class StandIn(Provider):
+    """Answers at once with a parseable verdict padded to a fixed share of max_tokens.
+    Shared with preflight.py, which tries every protocol against it before a run."""
 
     def __init__(self, config: ModelConfig, fraction: float):
         super().__init__(config)
@@ -61,21 +63,44 @@ class Estimate:
     per_model: dict[str, ModelEstimate] = field(default_factory=dict)
 
 
-async def _simulate(plans: list[EpisodePlan], configs: dict[str, ModelConfig], prompts: PromptLibrary,
-                    fraction: float) -> dict[str, tuple[int, int, int]]:
-    """alias -> (calls, tokens in, tokens out) if every reply were `fraction` of max_tokens."""
-    stand_ins = {a: _Estimator(c, fraction) for a, c in configs.items()}
+def stand_in_models(configs: dict[str, ModelConfig],
+                    fraction: float) -> tuple[dict[str, StandIn], dict[str, Model]]:
+    """alias -> stand-in provider, and alias -> a Model calling it."""
+    stand_ins = {a: StandIn(c, fraction) for a, c in configs.items()}
     # Stand-in calls cost nothing: no rpm/tpm pacing or endpoint cap (a real run's limits
     # would make the dry run wait for minutes).
     unlimited = {"rpm": None, "tpm": None, "endpoint_concurrency": None}
     models = {a: Model(a, c.model_copy(update=unlimited), provider=stand_ins[a])
               for a, c in configs.items()}
+    return stand_ins, models
+
+
+async def run_episode(plan: EpisodePlan, models: dict[str, Model], prompts: PromptLibrary) -> Any:
+    """Run one planned episode on the given models, recording nothing; returns its result."""
+    ep = Episode(item=plan.item, protocol=plan.protocol, params=plan.params,
+                 models={r: models[a] for r, a in plan.roles.items()},
+                 assignment=dict(plan.assignment.answers), dispositions=plan.dispositions,
+                 prompts=prompts)
+    return await plan.protocol.fn(ep, **plan.params.model_dump())
+
+
+def quiet_unretrieved(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """A loop exception handler: when one simultaneous turn fails, the others' exceptions
+    are never retrieved; a stand-in run reports the first, without logging tracebacks."""
+    if not context.get("message", "").startswith("Task exception was never retrieved"):
+        loop.default_exception_handler(context)
+
+
+async def _simulate(plans: list[EpisodePlan], configs: dict[str, ModelConfig], prompts: PromptLibrary,
+                    fraction: float) -> dict[str, tuple[int, int, int]]:
+    """alias -> (calls, tokens in, tokens out) if every reply were `fraction` of max_tokens."""
+    asyncio.get_running_loop().set_exception_handler(quiet_unretrieved)
+    stand_ins, models = stand_in_models(configs, fraction)
     for plan in plans:
-        ep = Episode(item=plan.item, protocol=plan.protocol, params=plan.params,
-                     models={r: models[a] for r, a in plan.roles.items()},
-                     assignment=dict(plan.assignment.answers), dispositions=plan.dispositions,
-                     prompts=prompts)
-        await plan.protocol.fn(ep, **plan.params.model_dump())
+        try:
+            await run_episode(plan, models, prompts)
+        except Exception:  # the run would fail this episode too; its calls so far still count
+            continue
     return {a: (p.calls, p.tokens_in, p.tokens_out) for a, p in stand_ins.items()}
 
 

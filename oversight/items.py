@@ -6,6 +6,7 @@ license, plus an optional meta object.
 
 from __future__ import annotations
 
+import errno
 import json
 from importlib.resources import files
 from pathlib import Path
@@ -48,8 +49,8 @@ def _check_row(row: Any, file: str, line: int) -> dict[str, Any]:
     for field in ("id", "question", "choices", "answer_index"):
         if field not in row:
             raise DataError(file, line, field, "missing (required: id, question, choices, answer_index)")
-    if not isinstance(row["id"], (str, int)):
-        raise DataError(file, line, "id", "expected a string or integer")
+    if not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool) or row["id"] == "":
+        raise DataError(file, line, "id", "expected a non-empty string or an integer")
     if not isinstance(row["question"], str) or not row["question"].strip():
         raise DataError(file, line, "question", "expected a non-empty string")
     choices = row["choices"]
@@ -65,18 +66,41 @@ def _check_row(row: Any, file: str, line: int) -> dict[str, Any]:
     meta = row.get("meta") or {}
     if not isinstance(meta, dict):
         raise DataError(file, line, "meta", "expected an object")
+    for field, value in row.items():
+        if _has_nul(value):  # PostgreSQL refuses NUL in text; no prompt needs one
+            raise DataError(file, line, str(field), "contains a NUL character (\\u0000)")
     return row
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def load_jsonl(path: str | Path, dataset: str | None = None,
                mapping: dict[str, str] | None = None) -> list[Item]:
-    """Load items from a JSONL file; `mapping` renames source fields to schema fields."""
+    """Load items from a JSONL file; `mapping` renames source fields to schema fields.
+    Raises OSError if the file cannot be read, DataError for a bad line (text that is not
+    UTF-8 included)."""
     path = Path(path)
     name = dataset or path.stem
     items: list[Item] = []
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as fh:
-        for line_no, text in enumerate(fh, start=1):
+    if path.exists() and not path.is_file() and not path.is_dir():  # /dev/zero would never end
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    with path.open("rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            try:
+                text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(str(path), line_no, "<row>", f"not UTF-8 text (byte "
+                                f"0x{raw[exc.start]:02x} at column {exc.start + 1}); save the "
+                                "file as UTF-8 JSON Lines") from None
             if not text.strip():
                 continue
             try:

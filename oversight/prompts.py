@@ -15,6 +15,14 @@ import jinja2
 SPLIT = "\n<<<oversight:user>>>\n"  # written by _base.j2 between the two blocks
 
 
+class TemplateMissing(jinja2.TemplateNotFound):
+    """No template for a role: `tried` names the relative paths looked for, in `dirs`."""
+
+    def __init__(self, tried: list[str], dirs: list[Path]):
+        self.tried, self.dirs = tried, dirs
+        super().__init__(tried[0], f"none of {tried} in {[str(d) for d in dirs]}")
+
+
 class PromptLibrary:
     def __init__(self, dirs: list[Path]):
         self.dirs = [Path(d) for d in dirs]
@@ -44,7 +52,7 @@ class PromptLibrary:
                 return name
             except jinja2.TemplateNotFound:
                 continue
-        raise jinja2.TemplateNotFound(f"none of {tried} in {[str(d) for d in self.dirs]}")
+        raise TemplateMissing(list(dict.fromkeys(tried)), self.dirs)
 
     def render(self, name: str, **variables: Any) -> tuple[str, str]:
         """(system, user) text of a template."""

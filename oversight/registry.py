@@ -8,7 +8,9 @@ hashable, so it keys episodes for resume.
 from __future__ import annotations
 
 import inspect
+import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Awaitable, Callable
 
 from pydantic import BaseModel, ConfigDict, Strict, ValidationError, create_model
@@ -55,7 +57,13 @@ def protocol(*, roles: tuple[str, ...], assign: str | Schedule = "judge_only",
     context: roles that may read the item's hidden context; judge: the deciding role
     (default: the last role).
     """
+    if isinstance(assign, str) and assign not in SCHEDULES:
+        raise ValueError(f"@protocol(assign={assign!r}): unknown schedule; known: "
+                         f"{', '.join(sorted(SCHEDULES))} (or pass a schedule function)")
+    if not isinstance(assign, str) and not callable(assign):
+        raise TypeError("@protocol(assign=...): expected a schedule name or function")
     schedule = SCHEDULES[assign] if isinstance(assign, str) else assign
+    _check_roles(roles, advocates, context, judge)
 
     def register(fn: ProtocolFn) -> ProtocolFn:
         if not inspect.iscoroutinefunction(fn):
@@ -71,11 +79,58 @@ def protocol(*, roles: tuple[str, ...], assign: str | Schedule = "judge_only",
         if previous is not None and previous.source != proto.source:
             raise ProtocolConflict(f"protocol {proto.name!r} from {proto.source} is already "
                                    f"defined in {previous.source}")
+        if previous is not None and previous.fn.__module__ == fn.__module__ \
+                and previous.fn.__qualname__ != fn.__qualname__:  # not a reload: two functions
+            raise ProtocolConflict(f"protocol {proto.name!r} is defined twice in {proto.source} "
+                                   f"({previous.fn.__qualname__} and {fn.__qualname__})")
         REGISTRY[proto.name] = proto
         fn.protocol = proto  # type: ignore[attr-defined]
         return fn
 
     return register
+
+
+def _check_roles(roles: Any, advocates: Any, context: Any, judge: str | None) -> None:
+    """@protocol's role arguments name roles it declares (a bare string is a classic slip)."""
+    def names(value: Any, arg: str) -> tuple[str, ...]:
+        if isinstance(value, str) or not all(isinstance(r, str) and r for r in value):
+            raise TypeError(f"@protocol({arg}=...): expected a tuple of role names such as "
+                            f"('judge',) (note the comma), got {value!r}")
+        return tuple(value)
+
+    declared = names(roles, "roles")
+    if not declared or len(set(declared)) != len(declared):
+        raise TypeError(f"@protocol(roles=...): expected distinct role names, got {roles!r}")
+    for arg, value in (("advocates", advocates), ("context", context),
+                       ("judge", None if judge is None else (judge,))):
+        unknown = [r for r in names(value or (), arg) if r not in declared]
+        if unknown:
+            raise TypeError(f"@protocol({arg}=...): {', '.join(map(repr, unknown))} is not one of "
+                            f"roles {declared}")
+
+
+def frame_in(exc: BaseException, files: set[str] | None = None) -> tuple[str, int] | None:
+    """(file, line) of the deepest traceback frame in one of `files` (resolved paths), or
+    of the deepest frame at all: where a user's protocol, schedule or template failed."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
+    if files is not None:
+        frames = [f for f in frames if _resolved(f.filename) in files]
+    return (frames[-1].filename, frames[-1].lineno or 0) if frames else None
+
+
+def shown(path: str | Path) -> str:
+    """A path as a user would type it: relative to the working folder when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except (ValueError, OSError):
+        return str(path)
+
+
+def _resolved(filename: str) -> str:
+    try:
+        return str(Path(filename).resolve())
+    except OSError:
+        return filename
 
 
 def _params_model(fn: ProtocolFn) -> type[BaseModel]:
@@ -99,4 +154,12 @@ def _params_model(fn: ProtocolFn) -> type[BaseModel]:
 
 def param_errors(exc: ValidationError) -> list[tuple[str, str]]:
     """(key, message) pairs from a pydantic error, for spec error messages."""
-    return [(".".join(str(p) for p in e["loc"]), e["msg"]) for e in exc.errors()]
+    return [(_dotted(e["loc"]), e["msg"].removeprefix("Value error, ")) for e in exc.errors()]
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    """('protocols', 0, 'params', 'rounds') -> 'protocols[0].params.rounds'."""
+    key = ""
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    return key

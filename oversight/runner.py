@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
+import secrets
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -17,16 +20,21 @@ from typing import Protocol
 from . import __version__
 from .cache import StoreCache
 from .episode import Episode, Message
+from .errors import OversightError, StoreError
 from .models import Budget, BudgetExhausted, CallRecord, Model, ModelResponse
 from .prompts import PromptLibrary
 from .spec import EpisodePlan, LoadedSpec
-from .store import JSONText, Store, Writer, messages, model_calls, utcnow, verdicts
+from .store import JSONText, Store, Writer, messages, model_calls, safe_url, utcnow, verdicts
+from .store.writer import write_failure
 from .verdict import Verdict
 
 MESSAGES, CALLS, VERDICTS = messages, model_calls, verdicts
 
 # Episode states a resume runs again; "failed" only with retry_failed; "done" never.
 INCOMPLETE = ("pending", "running", "interrupted", "stopped")
+# How long a worker's claim on an episode lasts without renewal (renewed every quarter of
+# it): a dead worker's episodes are taken over this long after it stopped renewing.
+LEASE_SECONDS = 60.0
 
 
 class Progress(Protocol):
@@ -54,6 +62,9 @@ class RunSummary:
     tokens_out: int = 0
     cost_usd: float = 0.0
     errors: int = 0
+    worker: str = ""
+    states: dict[str, int] = field(default_factory=dict)  # the run's episodes by status
+    others: int = 0  # episodes other live workers hold when this one stopped
 
 
 class StoreRecorder:
@@ -84,6 +95,7 @@ class StoreRecorder:
             "latency_s": r.latency, "attempt": r.attempt, "error": r.error,
             "error_kind": r.error_kind, "cost_usd": r.cost_usd, "cache_key": r.cache_key,
             "cache_hit": r.cache_hit, "created_at": utcnow(),  # when it happened, not when flushed
+            "reply_chars": getattr(resp, "truncated_from", None),
         })
         s = self.summary
         if r.cache_hit:
@@ -100,30 +112,38 @@ class StoreRecorder:
 
 
 class Claims:
-    """Claims episodes a batch at a time (one transaction each, not one per episode), in the
-    order the runner starts them."""
+    """Leases episodes a batch at a time (one transaction each, not one per episode), in the
+    order the runner starts them, and keeps the leases of claimed ones it has not started."""
 
     MAX_BATCH = 500  # ids in one SQL IN (...)
 
-    def __init__(self, store: Store, planned_at: str, order: list[tuple[int, bool]], batch: int):
-        self.store, self.planned_at = store, planned_at
-        self.order = [ep_id for ep_id, _ in order]
-        self.reset = {ep_id for ep_id, redo in order if redo}
-        self.position = {ep_id: i for i, ep_id in enumerate(self.order)}
+    def __init__(self, store: Store, owner: str, ttl: float, order: list[int], batch: int,
+                 retry_failed: bool):
+        self.store, self.owner, self.ttl, self.retry_failed = store, owner, ttl, retry_failed
+        self.order = order
+        self.position = {ep_id: i for i, ep_id in enumerate(order)}
         self.batch = max(1, min(batch, self.MAX_BATCH))
         self.decided: dict[int, bool] = {}  # claimed (True) or lost (False), not yet taken
+        self._lock = asyncio.Lock()
 
-    def take(self, ep_id: int) -> bool:
-        """Whether this process runs the episode; claims it and the next ones if needed."""
-        if ep_id not in self.decided:
-            start = self.position[ep_id]
-            chunk = [i for i in self.order[start:start + self.batch] if i not in self.decided]
-            won = self.store.claim_episodes(chunk, self.planned_at, self.reset)
-            self.decided.update({i: i in won for i in chunk})
-        return self.decided.pop(ep_id)
+    async def take(self, ep_id: int) -> bool:
+        """Whether this worker runs the episode; claims it and the next ones if needed."""
+        async with self._lock:  # two overlapping chunks would claim an episode twice
+            if ep_id not in self.decided:
+                start = self.position[ep_id]
+                chunk = [i for i in self.order[start:start + self.batch] if i not in self.decided]
+                won = await asyncio.to_thread(self.store.claim_episodes, chunk, self.owner,
+                                              self.ttl, self.retry_failed)
+                self.decided.update({i: i in won for i in chunk})
+            return self.decided.pop(ep_id)
 
     def unstarted(self) -> list[int]:
         return [ep_id for ep_id, won in self.decided.items() if won]
+
+    def forget(self, ep_id: int) -> None:
+        """A claimed, unstarted episode whose lease ran out: another worker may have it."""
+        if self.decided.get(ep_id):
+            self.decided[ep_id] = False
 
 
 def todo(plans: list[EpisodePlan], status: dict[str, tuple[int, str]],
@@ -161,66 +181,187 @@ def _episode_row(plan: EpisodePlan, run_id: str, configs: dict) -> dict:
 async def run_batch(loaded: LoadedSpec, store: Store, prompts: PromptLibrary, *,
                     retry_failed: bool = False, progress: Progress | None = None,
                     models: dict[str, Model] | None = None, use_cache: bool = True,
-                    budget: Budget | None = None) -> RunSummary:
-    """Run every pending episode of a spec; safe to call again to resume."""
+                    budget: Budget | None = None,
+                    lease_seconds: float = LEASE_SECONDS) -> RunSummary:
+    """Run every pending episode of a spec; safe to call again to resume, and to run in
+    several processes at once on one store (each episode is leased to one worker)."""
     progress = progress or _Quiet()
     run_id = register_run(loaded, store)
-    planned_at = utcnow()  # episodes another process starts after this are its, not ours
+    owner = worker_id()
     status = store.episode_status(run_id)
     pending = todo(loaded.plans, status, retry_failed)
-    summary = RunSummary(run_id, planned=len(loaded.plans), skipped=len(loaded.plans) - len(pending))
+    summary = RunSummary(run_id, planned=len(loaded.plans), skipped=len(loaded.plans) - len(pending),
+                         worker=owner)
     progress.start(len(loaded.plans), summary.skipped)
     if budget is None and (loaded.spec.budget.usd or loaded.spec.budget.tokens):
         budget = Budget(loaded.spec.budget.usd, loaded.spec.budget.tokens)
     if budget is not None:  # a resumed run has already spent part of its budget
         budget.spent_usd, budget.spent_tokens = store.run_spend(run_id)
     if not pending or (budget is not None and budget.exhausted):
-        summary.status = "budget_exhausted" if pending else _final_status(store, run_id)
-        store.set_run_status(run_id, summary.status)
+        _settle(store, summary, "budget_exhausted" if pending else None)
         return summary
 
     configs = {alias: cfg.public() for alias, cfg in loaded.models.items()}
     ids = store.create_episodes(run_id, [_episode_row(p, run_id, configs) for p, ep_id in pending
                                          if ep_id is None])
-    writer = store.writer()
+    # Workers on this host that died (kill -9, a crash) give their leases up at once.
+    store.expire_leases(dead_workers(store.lease_holders(run_id)))
+    writer = store.writer(owner, lease_seconds)
     needed = {alias for plan, _ in pending for alias in plan.roles.values()}
     cache = StoreCache(store, writer, sorted({loaded.models[a].model for a in needed})) if use_cache else None
     models = models or {alias: Model(alias, loaded.models[alias], cache=cache, budget=budget)
                         for alias in needed}
     store.set_run_status(run_id, "running")
     gate = asyncio.Semaphore(loaded.spec.concurrency)
-    claims = Claims(store, planned_at, [(ids[p.key][0], ep_id is not None) for p, ep_id in pending],
-                    batch=loaded.spec.concurrency)
+    claims = Claims(store, owner, lease_seconds, [ids[p.key][0] for p, _ in pending],
+                    batch=loaded.spec.concurrency, retry_failed=retry_failed)
+    active: dict[int, asyncio.Task] = {}
+    lost: set[int] = set()
 
-    async def one(plan: EpisodePlan, existing: int | None) -> None:
+    async def one(plan: EpisodePlan) -> None:
+        try:
+            await run_one(plan)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a claim the store refused: stop the batch
+            stop(exc if isinstance(exc, OversightError) else _store_error(store, exc))
+
+    async def run_one(plan: EpisodePlan) -> None:
         async with gate:
             if budget is not None and budget.exhausted:
                 return  # never started: stays pending for the next run
             ep_id = ids[plan.key][0]
-            if not claims.take(ep_id):
-                result = "skipped"  # another process runs it
+            if not await claims.take(ep_id):
+                result = "skipped"  # another worker runs it
             else:
-                result = await run_episode(plan, ep_id, prompts, models, writer, progress, summary)
+                task = asyncio.ensure_future(run_episode(plan, ep_id, prompts, models, writer,
+                                                         progress, summary))
+                active[ep_id] = task
+                try:
+                    result = await task
+                except asyncio.CancelledError:
+                    if ep_id not in lost or asyncio.current_task().cancelling():
+                        raise
+                    result = "lost"  # its lease ran out and another worker may have it
+                finally:
+                    del active[ep_id]
         summary.counts[result] = summary.counts.get(result, 0) + 1
         progress.episode(result)
 
+    def lose(ep_id: int) -> None:
+        claims.forget(ep_id)
+        if ep_id in active and ep_id not in lost:
+            lost.add(ep_id)
+            active[ep_id].cancel()
+
+    async def keep_leases() -> None:
+        while True:
+            await asyncio.sleep(lease_seconds / 4)
+            held = sorted([*active, *claims.unstarted()])
+            try:
+                renewed = await asyncio.to_thread(store.renew_leases, held, owner, lease_seconds)
+            except Exception:  # noqa: BLE001 - a busy store: the writer renews on every flush
+                continue
+            for ep_id in [*(set(held) - renewed), *writer.lost]:
+                lose(ep_id)
+
+    batch = asyncio.current_task()
+    failure: list[BaseException] = []
+
+    def stop(exc: BaseException) -> None:
+        """The store cannot be written: stop the batch, loudly (once)."""
+        if not failure:
+            failure.append(exc)
+            batch.cancel()
+
+    def writer_stopped(task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            stop(task.exception())
+
     flusher = asyncio.create_task(writer.run())
+    flusher.add_done_callback(writer_stopped)
+    keeper = asyncio.create_task(keep_leases())
+    stopped = None
     try:
         with _batch_gc():
-            await asyncio.gather(*(one(plan, ep_id) for plan, ep_id in pending))
-        writer.flush()
-        summary.status = ("budget_exhausted" if budget is not None and budget.exhausted
-                          and summary.counts.get("done", 0) < len(pending) else _final_status(store, run_id))
+            await asyncio.gather(*(one(plan) for plan, _ in pending))
+        if budget is not None and budget.exhausted and summary.counts.get("done", 0) < len(pending):
+            stopped = "budget_exhausted"
     except asyncio.CancelledError:
-        summary.status = "interrupted"
-        raise
+        stopped = "interrupted"
+        if not failure:
+            raise
+        batch.uncancel()  # not a Ctrl-C: the writer failed; report that instead
     finally:
+        keeper.cancel()
+        flusher.remove_done_callback(writer_stopped)
         flusher.cancel()
-        writer.flush()  # what finished before a Ctrl-C or an error is kept
-        store.release_episodes(claims.unstarted())
-        store.set_run_status(run_id, summary.status if summary.status != "running" else "interrupted")
+        await asyncio.shield(_wrap_up(store, writer, claims, summary, stopped, failure))
         await asyncio.shield(_close(models.values()))
+    if failure:
+        raise failure[0]
     return summary
+
+
+async def _wrap_up(store: Store, writer: Writer, claims: Claims, summary: RunSummary,
+                   stopped: str | None, failure: list[BaseException]) -> None:
+    """Keep what finished, give back what never started, settle the run's status. A store
+    that fails here too is reported, never allowed to hide the first error."""
+    for step in (writer.flush, lambda: store.release_episodes(claims.unstarted(), summary.worker),
+                 lambda: _settle(store, summary, stopped)):
+        try:
+            await asyncio.to_thread(step)
+        except Exception as exc:  # noqa: BLE001
+            if not failure:
+                failure.append(_store_error(store, exc))
+            summary.status = "interrupted"
+            return
+
+
+def _store_error(store: Store, exc: BaseException) -> StoreError:
+    return write_failure(safe_url(store.url), exc)
+
+
+def _settle(store: Store, summary: RunSummary, stopped: str | None) -> None:
+    """The run's status from all its episodes, whoever ran them: finished when all are done;
+    running while another worker holds a live lease; else why this worker stopped
+    (interrupted, budget_exhausted) or incomplete (some failed or were left)."""
+
+    def decide(states: dict[str, int], others: int) -> str:
+        if set(states) <= {"done"}:
+            return "finished"
+        if others:
+            return "running"
+        return stopped or "incomplete"
+
+    summary.status, summary.states, summary.others = store.settle_run(summary.run_id,
+                                                                      summary.worker, decide)
+
+
+def worker_id() -> str:
+    """host:pid:nonce — unique per process, and says where to look for it."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def dead_workers(holders: dict[str, int]) -> list[str]:
+    """Lease holders on this host whose process is gone."""
+    host, dead = socket.gethostname(), []
+    for owner in holders:
+        name, _, rest = owner.partition(":")
+        pid = rest.partition(":")[0]
+        if name == host and pid.isdigit() and not _alive(int(pid)):
+            dead.append(owner)
+    return dead
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: alive
+        return True
+    return True
 
 
 @contextlib.contextmanager
@@ -244,11 +385,6 @@ async def _close(models) -> None:
     await asyncio.gather(*(m.aclose() for m in models), return_exceptions=True)
 
 
-def _final_status(store: Store, run_id: str) -> str:
-    states = {s for _, s in store.episode_status(run_id).values()}
-    return "finished" if states <= {"done"} else "incomplete"
-
-
 async def run_episode(plan: EpisodePlan, ep_id: int, prompts: PromptLibrary,
                       models: dict[str, Model], writer: Writer, progress: Progress,
                       summary: RunSummary) -> str:
@@ -266,7 +402,8 @@ async def run_episode(plan: EpisodePlan, ep_id: int, prompts: PromptLibrary,
         if verdict is not None:
             writer.insert(VERDICTS, {"episode_id": ep_id, "created_at": utcnow(), **verdict})
         writer.update_episode(ep_id, {**ep.totals(), "duration_s": time.perf_counter() - t0,
-                                      "status": status, "error": error, "finished_at": utcnow()})
+                                      "status": status, "error": error, "finished_at": utcnow(),
+                                      "lease_owner": None, "lease_expires": None})
         return status
 
     try:
@@ -275,6 +412,11 @@ async def run_episode(plan: EpisodePlan, ep_id: int, prompts: PromptLibrary,
             raise TypeError(f"protocol {plan.protocol.name} returned {type(verdict).__name__}, "
                             "expected a Verdict")
     except asyncio.CancelledError:
+        if not asyncio.current_task().cancelling():
+            # Nobody cancelled this episode: protocol code awaited something cancelled. That
+            # is the episode's failure, not a Ctrl-C of the batch.
+            return finish(None, "failed", "CancelledError: a turn inside the protocol was "
+                          "cancelled (the protocol awaited a cancelled task)")
         finish(None, "interrupted", "interrupted")
         raise
     except BudgetExhausted as exc:  # not the episode's fault: it runs again on resume

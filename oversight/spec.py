@@ -20,19 +20,25 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .assign import Assignment
 from .episode import DISPOSITIONS
 from .errors import DataError, SpecError
-from .items import Item, load_dataset
+from .items import BUILTIN_DATASETS, Item, load_dataset
 from .models import PROVIDERS, ModelConfig
 from .models.pricing import price_for
-from .registry import ProtocolDef, param_errors
+from .registry import ProtocolDef, frame_in, param_errors, shown
+from .specread import env_name, read_spec, refuse_secrets
+
+_INT64 = 2**63  # SQLite and PostgreSQL integers
+_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}  # the SDKs' defaults
+_ITEM_FIELDS = ("id", "question", "choices", "answer_index", "context", "source", "license", "meta")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: TOML values are typed, so "5" is not silently 5 nor true 1
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class DataSpec(_Strict):
     datasets: list[str] = Field(min_length=1)  # built-in names or JSONL paths
-    limit: int | None = Field(default=None, ge=1)  # items per dataset, in file order
+    limit: int | None = Field(default=None, ge=1, lt=_INT64)  # items per dataset, in file order
     mapping: dict[str, str] = {}  # source field -> schema field
 
 
@@ -47,15 +53,15 @@ class ProtocolSpec(_Strict):
 class BudgetSpec(_Strict):
     """Run-wide caps; reaching one stops new calls and leaves the run resumable."""
 
-    usd: float | None = Field(default=None, gt=0)
-    tokens: int | None = Field(default=None, gt=0)
+    usd: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    tokens: int | None = Field(default=None, gt=0, lt=_INT64)
 
 
 class BatchSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
-    seed: int = 0
-    concurrency: int = Field(default=16, ge=1)  # episodes in flight at once
+    seed: int = Field(default=0, ge=-_INT64, lt=_INT64)
+    concurrency: int = Field(default=16, ge=1, le=100_000)  # episodes in flight at once
     budget: BudgetSpec = BudgetSpec()
     data: DataSpec
     models: dict[str, ModelConfig] = {}
@@ -74,6 +80,7 @@ class EpisodePlan:
     roles: dict[str, str]  # role -> alias
     dispositions: dict[str, str]
     seed: int
+    entry: int = 0  # index of the [[protocols]] entry that planned it
 
     @property
     def misaligned(self) -> list[str]:
@@ -117,18 +124,24 @@ def _err(path: Path, exc: ValidationError, prefix: str = "") -> SpecError:
 def load_spec(path: str | Path, registry: dict[str, ProtocolDef], limit: int | None = None) -> LoadedSpec:
     """Read, validate and expand a spec. `limit` (the CLI's --limit) caps items per dataset."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError(str(path), "<file>", f"cannot read: {exc.strerror}") from None
+    text = read_spec(path)
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(str(path), "<toml>", str(exc)) from None
+    refuse_secrets(path, raw, text)  # first: no later message may echo a key
     try:
         spec = BatchSpec(**raw)
     except ValidationError as exc:
         raise _err(path, exc) from None
+    targets = list(spec.data.mapping.values())
+    for source, target in spec.data.mapping.items():
+        if target not in _ITEM_FIELDS:
+            raise SpecError(str(path), f"data.mapping.{source}",
+                            f"expected one of the item fields {', '.join(_ITEM_FIELDS)}")
+        if targets.count(target) > 1:
+            raise SpecError(str(path), f"data.mapping.{source}", f"{target!r} is also the target "
+                            "of another field; map one source field to each item field")
     models = _resolve_models(path, spec)
     items = _load_items(path, spec, limit)
     plans = _expand(path, spec, registry, models, items)
@@ -163,13 +176,14 @@ def _resolve_models(path: Path, spec: BatchSpec) -> dict[str, ModelConfig]:
         if cfg.provider not in PROVIDERS:
             raise SpecError(str(path), f"models.{alias}.provider",
                             f"expected one of {sorted(PROVIDERS)}, got {cfg.provider!r}")
-        if cfg.api_key_env and cfg.api_key_env not in os.environ:
-            raise SpecError(str(path), f"models.{alias}.api_key_env",
-                            f"environment variable {cfg.api_key_env} is not set")
-        if cfg.provider == "openai" and not cfg.base_url and "OPENAI_API_KEY" not in os.environ \
-                and not cfg.api_key_env:
-            raise SpecError(str(path), f"models.{alias}",
-                            "provider 'openai' without base_url needs OPENAI_API_KEY in the environment")
+        if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
+            raise SpecError(str(path), f"models.{alias}.api_key_env", f"the environment "
+                            f"variable {env_name(cfg.api_key_env)} is not set (or is empty)")
+        default = _KEY_ENV.get(cfg.provider)
+        if default and not cfg.base_url and not cfg.api_key_env and not os.environ.get(default):
+            raise SpecError(str(path), f"models.{alias}", f"provider {cfg.provider!r} without "
+                            f"base_url needs {default} in the environment (or api_key_env "
+                            "naming another variable)")
     return models
 
 
@@ -178,13 +192,24 @@ def _load_items(path: Path, spec: BatchSpec, limit: int | None) -> list[Item]:
     seen: dict[str, int] = {}
     cap = min(x for x in (spec.data.limit, limit) if x) if (spec.data.limit or limit) else None
     for i, name in enumerate(spec.data.datasets):
+        key = f"data.datasets[{i}]"
+        if not name.strip():
+            raise SpecError(str(path), key, "expected a built-in dataset name or a JSONL path, "
+                            "got an empty string")
         try:
             loaded = load_dataset(name, base_dir=path.parent, mapping=spec.data.mapping or None)
         except FileNotFoundError:
-            raise SpecError(str(path), f"data.datasets[{i}]",
-                            f"{name!r} is neither a built-in dataset nor an existing file") from None
+            raise SpecError(str(path), key, f"{name!r} is neither a built-in dataset "
+                            f"({', '.join(BUILTIN_DATASETS)}) nor an existing file") from None
+        except IsADirectoryError:
+            raise SpecError(str(path), key, f"{name!r} is a folder; expected a JSONL file") from None
+        except OSError as exc:
+            raise SpecError(str(path), key, f"cannot read {name!r}: {exc.strerror or exc}") from None
         except DataError as exc:
-            raise SpecError(str(path), f"data.datasets[{i}]", str(exc)) from None
+            raise SpecError(str(path), key, str(exc)) from None
+        if not loaded:
+            raise SpecError(str(path), key, f"{name!r} has no items (the file is empty or holds "
+                            "only blank lines)")
         # Items are keyed "<dataset>/<id>": a dataset named twice would collide in the store.
         if loaded and (first := seen.setdefault(loaded[0].dataset, i)) != i:
             raise SpecError(str(path), f"data.datasets[{i}]",
@@ -209,11 +234,14 @@ def _expand(path: Path, spec: BatchSpec, registry: dict[str, ProtocolDef],
         if proto is None:
             raise SpecError(str(path), f"{where}.name",
                             f"unknown protocol {pspec.name!r}; known: {', '.join(sorted(registry))}")
-        for key in pspec.sweep:
+        for key, values in pspec.sweep.items():
             section, _, field = key.partition(".")
             if section not in ("params", "roles", "dispositions") or not field:
                 raise SpecError(str(path), f"{where}.sweep.{key}",
                                 "expected 'params.<name>', 'roles.<role>' or 'dispositions.<role>'")
+            if not values:
+                raise SpecError(str(path), f"{where}.sweep.{key}", "expected a non-empty list of values")
+        planned = len(plans)
         if proto.context_roles and (missing := [it.key for it in items if not it.context]):
             raise SpecError(str(path), f"{where}.name", f"protocol {proto.name!r} gives "
                             f"{', '.join(proto.context_roles)} the hidden context, but item "
@@ -248,7 +276,7 @@ def _expand(path: Path, spec: BatchSpec, registry: dict[str, ProtocolDef],
             model_cfg = {r: models[a].identity() for r, a in roles.items()}
             for item in items:
                 rng = random.Random(f"{spec.seed}:{item.key}")
-                for assignment in proto.schedule(item, proto.advocates, rng):
+                for assignment in _assignments(proto, item, rng, where):
                     key = _hash({"protocol": proto.name, "params": params.model_dump(mode="json"),
                                  "item": item.key, "assignment": assignment.model_dump(),
                                  "models": model_cfg, "dispositions": dispositions,
@@ -259,5 +287,37 @@ def _expand(path: Path, spec: BatchSpec, registry: dict[str, ProtocolDef],
                                         "item); remove the repeat")
                     owner[key] = where
                     plans.append(EpisodePlan(key, proto, variant, params, item, assignment,
-                                             dict(roles), dict(dispositions), spec.seed))
+                                             dict(roles), dict(dispositions), spec.seed, i))
+        if len(plans) == planned:
+            raise SpecError(str(path), where, f"plans no episodes: the schedule of protocol "
+                            f"{proto.name!r} assigned nothing for any item")
+    used = {r for p in spec.protocols for r in registry[p.name].roles}
+    for role in spec.roles:
+        if role != "*" and role not in used:
+            raise SpecError(str(path), f"roles.{role}", f"no protocol in this spec has a role "
+                            f"{role!r}; roles: {', '.join(sorted(used))} (\"*\" sets every role)")
     return plans
+
+
+def _assignments(proto: ProtocolDef, item: Item, rng: random.Random, where: str) -> list[Assignment]:
+    """The schedule's assignments for one item, checked; a failing schedule names its file."""
+    name = getattr(proto.schedule, "__name__", "schedule")
+    try:
+        result = proto.schedule(item, proto.advocates, rng)
+    except Exception as exc:
+        at = frame_in(exc)
+        code = proto.fn.__code__
+        raise SpecError(f"{shown(code.co_filename)}:{code.co_firstlineno}", f"{where} ({proto.name})",
+                        f"schedule {name!r} failed on item {item.key}: {type(exc).__name__}: {exc}"
+                        f" (at {shown(at[0]) if at else '?'}:{at[1] if at else '?'}; advocates: "
+                        f"{', '.join(proto.advocates) or 'none'})") from None
+    if not isinstance(result, list) or not all(isinstance(a, Assignment) for a in result):
+        raise SpecError(shown(proto.source), f"{where} ({proto.name})", f"schedule {name!r} "
+                        f"returned {type(result).__name__}; expected a list of Assignment")
+    for a in result:
+        for role, answer in a.answers.items():
+            if role not in proto.roles or not 0 <= answer < len(item.choices):
+                raise SpecError(shown(proto.source), f"{where} ({proto.name})", f"schedule "
+                                f"{name!r} assigned {role!r} answer {answer} on item {item.key}, "
+                                f"which has roles {proto.roles} and {len(item.choices)} choices")
+    return result

@@ -97,7 +97,7 @@ BAD_SPECS = {
                     "models.deb"),
     "key_value_in_options": (lambda s: s.replace(
         "options = { script", 'options = { seed_note = "sk-proj-SPECKEY123abcdefghijklmnop", script'),
-        "models.deb"),
+        "models.deb.options.seed_note"),
     "auth_header_in_options": (lambda s: s.replace(
         "options = { script", 'options = { extra_headers = { "X-Api-Key" = "SPECKEY123" }, script'),
         "models.deb"),
@@ -261,7 +261,7 @@ def test_runs_protocols_and_show(work):
     missing = cli("show", 9999, "--db", db)
     assert missing.exit_code == 2 and "no episode 9999" in missing.stderr
     nodb = cli("runs", "--db", work / "none.db")  # reading never creates an empty store
-    assert nodb.exit_code == 2 and "no store at" in nodb.stderr
+    assert nodb.exit_code == 2 and "no store here" in nodb.stderr
     assert not (work / "none.db").exists()
 
 

@@ -20,8 +20,8 @@ PROVIDERS: dict[str, str] = {
 }
 
 __all__ = ["ModelConfig", "ModelRequest", "ModelResponse", "Provider", "TokenLogprob",
-           "Model", "CallRecord", "CallSink", "Budget", "BudgetExhausted", "ResponseCache",
-           "cache_key", "PROVIDERS", "provider_class"]
+           "Model", "CallRecord", "CallSink", "CallGroup", "call_group", "Budget",
+           "BudgetExhausted", "ResponseCache", "cache_key", "PROVIDERS", "provider_class"]
 
 
 def provider_class(name: str) -> type[Provider]:
@@ -33,4 +33,14 @@ def provider_class(name: str) -> type[Provider]:
     return getattr(importlib.import_module(module), attr)
 
 
-from .model import Budget, BudgetExhausted, CallRecord, CallSink, Model, ResponseCache, cache_key  # noqa: E402
+from .model import (  # noqa: E402
+    Budget,
+    BudgetExhausted,
+    CallGroup,
+    CallRecord,
+    CallSink,
+    Model,
+    ResponseCache,
+    cache_key,
+    call_group,
+)

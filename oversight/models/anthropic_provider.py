@@ -141,7 +141,8 @@ class AnthropicProvider(Provider):
         # OpenAI's prompt_tokens, tokens_in here is the whole prompt (all three), and
         # tokens_cached the part served from the cache, so cost and context size compare
         # across providers. (Cache writes are billed at a premium; raw keeps the split.)
-        tokens_in = None if fresh is None else fresh + (cache_read or 0) + (cache_write or 0)
+        whole = None if fresh is None else fresh + (cache_read or 0) + (cache_write or 0)
+        tokens_in = as_int(whole)  # three counts that each fit may not fit summed
         try:
             raw = message.model_dump(mode="json")
         except Exception:  # noqa: BLE001 - a half-constructed model may not dump cleanly

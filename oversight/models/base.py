@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # Options that change a model's output (the rest size servers or set timeouts).
 _OUTPUT_OPTIONS = ("reasoning_effort", "seed", "extra_body", "top_p", "stop", "script", "rules",
@@ -20,19 +20,19 @@ class Price(BaseModel):
     """USD per million tokens."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    input: float
-    output: float
-    cached_input: float | None = None  # defaults to the input price
+    input: float = Field(ge=0, allow_inf_nan=False)
+    output: float = Field(ge=0, allow_inf_nan=False)
+    cached_input: float | None = Field(default=None, ge=0, allow_inf_nan=False)  # default: input
 
 
 class RetryPolicy(BaseModel):
     """Finite by default: a dead endpoint costs minutes, not a night."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    max_attempts: int = Field(default=6, ge=1)
-    max_seconds: float = Field(default=300.0, gt=0)  # no new attempt starts after this
-    backoff_initial: float = Field(default=1.0, ge=0)
-    backoff_max: float = Field(default=60.0, ge=0)
+    max_attempts: int = Field(default=6, ge=1, le=100, strict=True)
+    max_seconds: float = Field(default=300.0, gt=0, allow_inf_nan=False)  # no attempt starts after
+    backoff_initial: float = Field(default=1.0, ge=0, le=3600, allow_inf_nan=False)
+    backoff_max: float = Field(default=60.0, ge=0, le=3600, allow_inf_nan=False)
 
 
 # Credentials in a spec's model options: a spec is stored with its run (text and JSON), so a
@@ -40,11 +40,21 @@ class RetryPolicy(BaseModel):
 # Checked: option names; names and values inside header/body/query options; and key-shaped
 # values anywhere. Not free text such as the mock's scripted replies, where "Bearer bonds"
 # or a rule keyed "password" are prompts, not secrets.
-_SECRET_NAME = re.compile(r"^(authorization|proxy-authorization|cookie|(x-)?api[-_]?key|apikey"
+_SECRET_NAME = re.compile(r"^(authorization|proxy-authorization|cookie|(x-)?api[-_]?key|apikey|key"
+                          r"|(access|secret|private)[-_]?key|client[-_]?secret"
                           r"|(access|auth|bearer|session|id)[-_]?token|token|password|secret"
                           r"|.*[-_](api[-_]?key|secret|password))$", re.IGNORECASE)
 _AUTH_VALUE = re.compile(r"^\s*(bearer|basic)\s+\S", re.IGNORECASE)
-_KEY_VALUE = re.compile(r"\b(sk-[A-Za-z0-9_-]{20,}|sk-ant-[A-Za-z0-9_-]{10,})")
+# Key shapes, wherever they appear in a spec (spec.py scans every string and table name).
+_KEY_VALUE = re.compile(
+    r"(?<![A-Za-z0-9])(sk-[A-Za-z0-9_-]{20,}|sk-ant-[A-Za-z0-9_-]{10,}"  # OpenAI, Anthropic
+    r"|[rs]k_(live|test)_[A-Za-z0-9]{16,}"  # Stripe
+    r"|(AKIA|ASIA)[0-9A-Z]{16}"  # AWS access key id
+    r"|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{20,}|glpat-[A-Za-z0-9_-]{20,}"  # GitHub, GitLab
+    r"|xox[abposr]-[A-Za-z0-9-]{10,}"  # Slack
+    r"|AIza[0-9A-Za-z_-]{30,}"  # Google
+    r"|hf_[A-Za-z0-9]{30,}|gsk_[A-Za-z0-9]{40,}|r8_[A-Za-z0-9]{30,}"  # Hugging Face, Groq, Replicate
+    r"|eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,})")  # a JWT
 _WIRE_OPTIONS = ("extra_headers", "default_headers", "headers", "extra_body", "extra_query")
 _KEY_FIELDS = ("api_key", "key", "token", "secret", "password")
 
@@ -100,19 +110,52 @@ class ModelConfig(BaseModel):
                                  "(api_key_env), never from the spec")
         return data
 
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, name: str | None) -> str | None:
+        if name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", name):
+            raise ValueError("expected the NAME of an environment variable holding the key "
+                             "(letters, digits and _, such as OPENAI_API_KEY), not the key itself")
+        return name
+
+    @field_validator("base_url")
+    @classmethod
+    def _plain_url(cls, url: str | None) -> str | None:
+        """An endpoint, never a credential; the value is not echoed (it may hold a key)."""
+        if url is None:
+            return None
+        from urllib.parse import urlsplit
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 -- raises ValueError for a malformed port
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected an http(s) URL such as http://127.0.0.1:8000/v1")
+        if "@" in parts.netloc:
+            raise ValueError("must not hold a user name or password (user:KEY@host): the spec "
+                             "is stored with the run; name the key's variable with api_key_env")
+        if "?" in url or "#" in url:
+            raise ValueError("must not have a query string or fragment (a key such as ?key=... "
+                             "would be stored with the run); name the key's variable with "
+                             "api_key_env, and put other parameters in options.extra_query")
+        return url
+
     provider: str
     model: str = ""
     base_url: str | None = None
     # The *name* of the environment variable holding the key; the key itself is never stored.
     api_key_env: str | None = None
-    temperature: float = 0.0
-    max_tokens: int = 256
-    concurrency: int = Field(default=4, ge=1)  # calls in flight for this model
+    temperature: float = Field(default=0.0, ge=0, le=2, strict=True, allow_inf_nan=False)
+    max_tokens: int = Field(default=256, ge=1, le=10_000_000, strict=True)
+    concurrency: int = Field(default=4, ge=1, le=100_000, strict=True)  # calls in flight
     # Calls in flight to one endpoint (provider + base_url), shared by every model using it.
-    endpoint_concurrency: int | None = Field(default=None, ge=1)
-    rpm: int | None = Field(default=None, ge=1)  # requests per minute
-    tpm: int | None = Field(default=None, ge=1)  # tokens per minute (prompt estimate + max_tokens)
-    timeout: float = Field(default=120.0, gt=0)  # seconds for one attempt
+    endpoint_concurrency: int | None = Field(default=None, ge=1, le=100_000, strict=True)
+    rpm: int | None = Field(default=None, ge=1, strict=True)  # requests per minute
+    tpm: int | None = Field(default=None, ge=1, strict=True)  # tokens per minute (prompt + max_tokens)
+    timeout: float = Field(default=120.0, gt=0, allow_inf_nan=False)  # seconds for one attempt
+    # A safety cap: a longer reply is cut to its head (ModelResponse.truncated_from says so).
+    max_reply_chars: int = Field(default=100_000, ge=1)
     retry: RetryPolicy = RetryPolicy()
     price: Price | None = None  # overrides the shipped price table
     # Provider-specific knobs (e.g. the local model's context size or the mock's script).
@@ -175,6 +218,7 @@ class ModelResponse:
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] | None = None
     raw: dict[str, Any] | None = None  # the provider's JSON body, minus nothing secret
+    truncated_from: int | None = None  # the reply's length in characters before it was cut
 
 
 class Provider(abc.ABC):

@@ -213,10 +213,16 @@ def redact(value: Any, secrets: tuple[str, ...] | list[str]) -> Any:
     return value
 
 
+_MAX_COUNT = 2**63 - 1  # the largest SQLite (and PostgreSQL BIGINT) INTEGER
+
+
 def as_int(value: Any) -> int | None:
-    """A token count from a usage field: a non-negative int (not a bool), else None (unknown).
-    A negative count would shrink a run's spend and let it overrun its budget."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+    """A token count from a usage field: an int (not a bool) in [0, 2**63), else None (unknown).
+    A negative count would shrink a run's spend and let it overrun its budget; a larger one
+    cannot be stored."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_COUNT:
+        return value
+    return None
 
 
 def exception_chain(exc: BaseException | None) -> list[BaseException]:

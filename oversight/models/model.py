@@ -1,7 +1,14 @@
-"""A configured model: the one place where caching, budget, limits and retries happen.
+"""A configured model: the one place where caching, budget, limits, deadlines and retries
+happen.
 
-Order of a call: cache lookup -> (per attempt) budget check, server cool-down, RPM/TPM
-limiters, concurrency slots, provider call. Every attempt, failed or not, goes to the sink.
+Order of a call: cache lookup -> (per attempt) RPM/TPM limiters, concurrency slots, the
+server's cool-down, budget and call-group checks, provider call. Every attempt that sent a
+request goes to the sink: answered, failed, timed out or cancelled.
+
+Time limits are wall clock: an attempt runs at most `timeout` (headers.attempt_timeout),
+and from a call's first request on, its attempts and the waits between them (backoff,
+Retry-After, cool-down) end within `retry.max_seconds` (time queued for a first slot does
+not count: a queue is not a failure).
 """
 
 from __future__ import annotations
@@ -11,19 +18,15 @@ import hashlib
 import json
 import random
 import time
-from dataclasses import dataclass
-from typing import Awaitable, Callable, Protocol
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
+from typing import Any, Awaitable, Callable, Protocol
 
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_before_delay,
-)
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from ..errors import ModelError
-from .base import ModelConfig, ModelRequest, ModelResponse, Provider
+from .base import ModelConfig, ModelRequest, ModelResponse, Provider, TokenLogprob
+from .headers import attempt_timeout
 from .pricing import cost_usd, price_for
 
 
@@ -45,6 +48,62 @@ class CallRecord:
 
 
 CallSink = Callable[[CallRecord], Awaitable[None] | None]
+
+
+class CallGroup:
+    """Calls given up together (say, the simultaneous turns of one episode).
+
+    Once the group or its `parent` is abandoned, a call made under it (see `call_group`)
+    sends no further request: it raises ModelError(kind="abandoned"). Attempts already in
+    flight may finish; `in_flight` holds the tasks inside a provider call right now.
+    """
+
+    def __init__(self, parent: CallGroup | None = None):
+        self.parent = parent
+        self.in_flight: set[asyncio.Task] = set()
+        self._reason: str | None = None
+
+    def abandon(self, reason: str) -> None:
+        if self._reason is None:
+            self._reason = reason
+
+    @property
+    def abandoned(self) -> str | None:
+        """Why this group (or an ancestor) was abandoned; None while it is live."""
+        if self._reason is not None:
+            return self._reason
+        return self.parent.abandoned if self.parent is not None else None
+
+
+# The group the current task's model calls belong to (a task inherits it from its creator).
+call_group: ContextVar[CallGroup | None] = ContextVar("call_group", default=None)
+
+
+def _check_group() -> None:
+    group = call_group.get()
+    if group is not None and (reason := group.abandoned) is not None:
+        raise ModelError(f"abandoned: {reason}", kind="abandoned", retryable=False)
+
+
+class _Deadline:
+    """A call's wall-clock end: retry.max_seconds after its first request was sent."""
+
+    __slots__ = ("seconds", "at")
+
+    def __init__(self, seconds: float):
+        self.seconds, self.at = seconds, None
+
+    def passed_by(self, when: float) -> bool:
+        return self.at is not None and when >= self.at
+
+
+class _PastDeadline(ModelError):
+    """A retry that could not be sent before the call's deadline (the retry loop raises the
+    last real failure instead)."""
+
+    def __init__(self) -> None:
+        super().__init__("the call's retry deadline passed before another attempt could be sent",
+                         kind="timeout", retryable=False)
 
 
 class ResponseCache(Protocol):
@@ -123,7 +182,8 @@ class Model:
         self.cache, self.budget = cache, budget
         self.price = price_for(config)
         self._slots = asyncio.Semaphore(config.concurrency)
-        self._cooldown_until = 0.0
+        self._timeout = attempt_timeout(config)
+        self._cooldown_until = 0.0  # no request of this model is sent before this (monotonic)
         self._rpm = self._tpm = None
         if config.rpm or config.tpm:
             from aiolimiter import AsyncLimiter  # only runs that set limits pay for the import
@@ -150,69 +210,155 @@ class Model:
                 return hit
         await self.start()
         policy = self.config.retry
-        started = time.monotonic()
+        deadline = _Deadline(policy.max_seconds)
         try:  # most calls succeed at once: only a retryable failure pays for the retry loop
-            response = await self._attempt(request, 1, key, sink)
+            response = await self._attempt(request, 1, key, sink, deadline)
         except ModelError as exc:
             if not exc.retryable or policy.max_attempts == 1:
                 raise
-            response = await self._retry(request, key, sink, exc, started)
+            response = await self._retry(request, key, sink, exc, deadline)
         if key is not None:
             await self.cache.put(key, self.config, request, response)
         return response
 
     async def _retry(self, request: ModelRequest, key: str | None, sink: CallSink | None,
-                     first: ModelError, started: float) -> ModelResponse:
-        """Attempts 2.. after a retryable first failure, under the model's retry policy."""
+                     first: ModelError, deadline: _Deadline) -> ModelResponse:
+        """Attempts 2.. after a retryable first failure, under the model's retry policy; no
+        wait or attempt runs past the call's deadline, none starts in an abandoned group."""
         policy = self.config.retry
         pause = self._wait_after(first, 1)
-        if time.monotonic() - started + pause >= policy.max_seconds:
-            raise first  # the next attempt would start after the policy's deadline
+        if deadline.passed_by(time.monotonic() + pause):
+            raise first  # the next attempt would start after the call's deadline
+        _check_group()
         await asyncio.sleep(pause)
-        left = policy.max_seconds - (time.monotonic() - started)
+        last = first
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(policy.max_attempts - 1) | stop_before_delay(max(left, 0.0)),
+            stop=stop_after_attempt(policy.max_attempts - 1)
+            | (lambda state: deadline.passed_by(time.monotonic() + state.upcoming_sleep)),
             wait=self._wait, retry=retry_if_exception(lambda e: isinstance(e, ModelError) and e.retryable),
-            reraise=True)
-        async for attempt in retrying:
-            with attempt:
-                return await self._attempt(request, attempt.retry_state.attempt_number + 1, key, sink)
-        raise first  # not reached: tenacity either returns or re-raises the last error
+            before_sleep=lambda _: _check_group(), reraise=True)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    number = attempt.retry_state.attempt_number + 1
+                    try:
+                        return await self._attempt(request, number, key, sink, deadline)
+                    except _PastDeadline:
+                        raise
+                    except ModelError as exc:
+                        last = exc
+                        raise
+        except _PastDeadline:
+            raise last from None
+        raise last  # not reached: tenacity either returns or re-raises the last error
 
     async def _attempt(self, request: ModelRequest, number: int, key: str | None,
-                       sink: CallSink | None) -> ModelResponse:
-        if (pause := self._cooldown_until - time.monotonic()) > 0:
-            await asyncio.sleep(pause)  # the server asked every caller to wait, not just one
-        if self._rpm is not None:
-            await self._rpm.acquire()
-        if self._tpm is not None:
-            await self._tpm.acquire(min(self._tpm.max_rate, _estimate_tokens(request)))
-        async with self._slots:
+                       sink: CallSink | None, deadline: _Deadline) -> ModelResponse:
+        _check_group()
+        endpoint = _endpoint_semaphore(self.config)  # looked up in the running loop
+        if deadline.at is None:
+            await self._take_turn(request, endpoint, deadline)
+        else:  # a retry: none of its waits may run past the call's deadline
+            try:
+                async with asyncio.timeout(deadline.at - time.monotonic()):
+                    await self._take_turn(request, endpoint, deadline)
+            except TimeoutError:
+                raise _PastDeadline() from None
+        try:
             if self.budget is not None:  # checked once a slot is free: calls queued behind a
                 self.budget.check()      # cap do not all start after the budget is gone
-            endpoint = _endpoint_semaphore(self.config)  # looked up in the running loop
+            _check_group()
+            now = time.monotonic()
+            if deadline.at is None:  # the call's clock starts with its first request
+                deadline.at = now + deadline.seconds
+            limit = min(self._timeout, deadline.at - now)
+            if limit <= 0:
+                raise _PastDeadline()
+            response, latency = await self._send(request, number, key, sink, limit)
+        finally:
             if endpoint is not None:
-                await endpoint.acquire()
-            t0 = time.perf_counter()
-            try:
-                response = await self.provider.complete(request)
-            except ModelError as exc:
-                if exc.retry_after and exc.kind == "rate_limit":
-                    self._cooldown_until = max(self._cooldown_until, time.monotonic() + exc.retry_after)
-                await _emit(sink, CallRecord(self.config.provider, self.config.model, request,
-                                             None, time.perf_counter() - t0, number, str(exc),
-                                             exc.kind, cache_key=key))
-                raise
-            finally:
-                if endpoint is not None:
-                    endpoint.release()
+                endpoint.release()
+            self._slots.release()
+        response = _capped(response, self.config.max_reply_chars)
         cost = cost_usd(response, self.price)
         if self.budget is not None:
             self.budget.add(cost, (response.tokens_in or 0) + (response.tokens_out or 0))
         await _emit(sink, CallRecord(self.config.provider, self.config.model, request,
-                                     response, time.perf_counter() - t0, number, cost_usd=cost,
-                                     cache_key=key))
+                                     response, latency, number, cost_usd=cost, cache_key=key))
         return response
+
+    async def _take_turn(self, request: ModelRequest, endpoint: asyncio.Semaphore | None,
+                         deadline: _Deadline) -> None:
+        """Pass the RPM/TPM limiters, then take a model slot and an endpoint slot at a moment
+        when no rate-limit pause is in force. A pause applies to every call, queued ones
+        included: while it lasts, wait holding neither slot; if it ends after the call's
+        deadline, give up (_PastDeadline)."""
+        if self._rpm is not None:
+            await self._rpm.acquire()
+        if self._tpm is not None:
+            await self._tpm.acquire(min(self._tpm.max_rate, _estimate_tokens(request)))
+        while True:
+            if (pause := self._cooldown_until - time.monotonic()) > 0:
+                if deadline.passed_by(self._cooldown_until):
+                    raise _PastDeadline()
+                await asyncio.sleep(pause)
+            await self._slots.acquire()
+            if endpoint is not None:
+                try:
+                    await endpoint.acquire()
+                except BaseException:
+                    self._slots.release()
+                    raise
+            if self._cooldown_until <= time.monotonic():
+                return
+            if endpoint is not None:
+                endpoint.release()
+            self._slots.release()
+
+    async def _send(self, request: ModelRequest, number: int, key: str | None,
+                    sink: CallSink | None, limit: float) -> tuple[ModelResponse, float]:
+        """One request, cut off after `limit` seconds of wall clock: (response, latency).
+        A failure, a timeout or a cancellation is recorded in the sink, then raised."""
+        group = call_group.get()
+        task = asyncio.current_task()
+        if group is not None:
+            group.in_flight.add(task)
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout(limit):
+                response = await self.provider.complete(request)
+            return response, time.perf_counter() - t0
+        except ModelError as exc:
+            error = exc
+        except TimeoutError:
+            error = self._timed_out(limit)
+        except asyncio.CancelledError:
+            # The request may have reached the server: it leaves a row like any attempt. The
+            # sink only queues the row, so this completes before the cancellation goes on.
+            await _emit(sink, CallRecord(self.config.provider, self.config.model, request, None,
+                                         time.perf_counter() - t0, number,
+                                         "cancelled before a reply arrived", "cancelled",
+                                         cache_key=key))
+            raise
+        finally:
+            if group is not None:
+                group.in_flight.discard(task)
+        if error.retry_after and error.kind == "rate_limit":
+            # Every call of this model waits, capped like the retry wait that honours it.
+            pause = min(error.retry_after, self.config.retry.max_seconds)
+            self._cooldown_until = max(self._cooldown_until, time.monotonic() + pause)
+        await _emit(sink, CallRecord(self.config.provider, self.config.model, request, None,
+                                     time.perf_counter() - t0, number, str(error), error.kind,
+                                     cache_key=key))
+        raise error
+
+    def _timed_out(self, limit: float) -> ModelError:
+        if limit < self._timeout:
+            why = f"the call's deadline (retry.max_seconds = {self.config.retry.max_seconds:g})"
+        else:
+            why = f"the attempt's timeout ({self._timeout:g} s)"
+        return ModelError(f"no complete reply within {limit:.3g} s: {why}", retryable=True,
+                          kind="timeout")
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -230,6 +376,36 @@ class Model:
         if self._started:
             await self.provider.aclose()
             self._started = False
+
+
+def _capped(response: ModelResponse, cap: int) -> ModelResponse:
+    """The response with a reply longer than `cap` characters cut to its head, saying so
+    (`truncated_from`); its raw body and logprobs are cut alike (see _cut)."""
+    n = len(response.text)
+    if n <= cap:
+        return response
+    logprobs: list[TokenLogprob] | None = None
+    if response.logprobs is not None:  # the tokens that make up the kept text
+        logprobs, used = [], 0
+        for token in response.logprobs:
+            used += len(token.token)
+            if used > cap:
+                break
+            logprobs.append(token)
+    return replace(response, text=response.text[:cap], truncated_from=n, logprobs=logprobs,
+                   raw=_cut(response.raw, cap))
+
+
+def _cut(value: Any, cap: int) -> Any:
+    """JSON data with every string cut to its first `cap` characters and every list to its
+    first `cap` items; numbers (usage) and keys stay."""
+    if isinstance(value, str):
+        return value[:cap]
+    if isinstance(value, dict):
+        return {k: _cut(v, cap) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cut(v, cap) for v in value[:cap]]
+    return value
 
 
 def _estimate_tokens(request: ModelRequest) -> int:

@@ -143,8 +143,8 @@ class OpenAIProvider(Provider):
             raise ModelError("malformed response: choice has no message", retryable=True,
                              kind="malformed")
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}  # may be absent
-        prompt_details = usage.get("prompt_tokens_details") or {}
-        completion_details = usage.get("completion_tokens_details") or {}
+        prompt_details = _dict(usage.get("prompt_tokens_details"))
+        completion_details = _dict(usage.get("completion_tokens_details"))
         raw = {**data, "choices": [{k: v for k, v in c.items() if k != "logprobs"}
                                    if isinstance(c, dict) else c for c in choices]}
         return ModelResponse(
@@ -170,6 +170,10 @@ class OpenAIProvider(Provider):
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def _logprobs(choice: dict) -> list[TokenLogprob] | None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from .db import DEFAULT_DB, create_store_engine, resolve_url
+from . import leases
+from .db import DEFAULT_DB, create_store_engine, resolve_url, safe_url, target_of
 from .migrations import MIGRATIONS, migrate, schema_version
 from .tables import (
     episodes,
@@ -21,11 +22,11 @@ from .tables import (
     utcnow,
     verdicts,
 )
-from .writer import JSONText, Writer
+from .writer import JSONText, Writer, storable_text
 
 __all__ = ["Store", "metadata", "runs", "items", "episodes", "messages", "model_calls", "verdicts",
-           "response_cache", "Writer", "JSONText", "DEFAULT_DB", "resolve_url", "migrate",
-           "schema_version", "MIGRATIONS", "utcnow"]
+           "response_cache", "Writer", "JSONText", "DEFAULT_DB", "resolve_url", "safe_url",
+           "target_of", "migrate", "schema_version", "MIGRATIONS", "utcnow", "storable_text"]
 
 
 def _insert_ignore(table, dialect: str):
@@ -42,9 +43,12 @@ def _insert_ignore(table, dialect: str):
 class Store:
     """Small, explicit write and read operations; each write is its own transaction."""
 
-    def __init__(self, db: str | os.PathLike | None = None):
-        self.url = resolve_url(db)
-        self.engine = create_store_engine(self.url)
+    def __init__(self, db: str | os.PathLike | None = None, *, readonly: bool = False):
+        """Open (and migrate) a store; `readonly` opens it for reading only: nothing is created
+        or written, and a schema older or newer than the code's is refused (StoreError)."""
+        self.readonly = readonly
+        self.url = resolve_url(db, create_dirs=not readonly)
+        self.engine = create_store_engine(db, readonly=readonly)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -70,6 +74,22 @@ class Store:
 
     def set_run_status(self, run_id: str, status: str) -> None:
         self._exec(update(runs).where(runs.c.id == run_id).values(status=status, updated_at=utcnow()))
+
+    def settle_run(self, run_id: str, owner: str,
+                   decide: Callable[[dict[str, int], int], str]) -> tuple[str, dict[str, int], int]:
+        """Set a run's status to decide(episodes by status, episodes other live workers hold),
+        in one transaction, so two workers finishing at once cannot leave a stale status.
+        Returns (status, episodes by status, episodes held by others)."""
+        with self.engine.begin() as conn:
+            # Write first: on SQLite this takes the write lock before anything is read.
+            conn.execute(update(runs).where(runs.c.id == run_id).values(updated_at=utcnow()))
+            states = dict(conn.execute(select(episodes.c.status, func.count())
+                                       .where(episodes.c.run_id == run_id)
+                                       .group_by(episodes.c.status)).all())
+            others = sum(n for who, n in leases.holders(conn, run_id).items() if who != owner)
+            status = decide(states, others)
+            conn.execute(update(runs).where(runs.c.id == run_id).values(status=status))
+        return status, states, others
 
     def save_items(self, rows: Iterable[dict]) -> None:
         rows = list(rows)
@@ -104,48 +124,33 @@ class Store:
                 conn.execute(_insert_ignore(episodes, conn.dialect.name), rows)
         return self.episode_status(run_id)
 
-    def claim_episodes(self, ids: list[int], planned_at: str, reset: set[int]) -> set[int]:
-        """Mark episodes running, in one transaction, unless done or started by another
-        process after `planned_at` (when this run read the episode states): two runs of one
-        spec on one store share the work instead of doing it twice. Returns the ids won.
-        Those in `reset` lose a previous attempt's transcript, verdict and calls, so an
-        episode's rows are those of its last attempt."""
-        ep = episodes.c
+    # -- leases (store/leases.py) --------------------------------------------------------
+    def claim_episodes(self, ids: list[int], owner: str, ttl: float,
+                       retry_failed: bool = False) -> set[int]:
+        """Lease episodes to `owner`, in one transaction; returns the ids won (see leases.claim)."""
         with self.engine.begin() as conn:
-            won = set(conn.execute(
-                update(episodes).where(ep.id.in_(ids), ep.status != "done",
-                                       ep.started_at.is_(None) | (ep.started_at <= planned_at))
-                .values(status="running", started_at=utcnow(), error=None, finished_at=None,
-                        n_calls=0, tokens_in=0, tokens_out=0, tokens_cached=0, cost_usd=None,
-                        cache_hits=0)
-                .returning(ep.id)).scalars())
-            if stale := sorted(won & reset):
-                self._carry_spend(conn, stale)
-                for table in (verdicts, messages, model_calls):
-                    conn.execute(delete(table).where(table.c.episode_id.in_(stale)))
-        return won
+            return leases.claim(conn, ids, owner, ttl, retry_failed)
 
-    @staticmethod
-    def _carry_spend(conn, episode_ids: list[int]) -> None:
-        """Add what these episodes' calls cost to their run's replaced_* before the rows go."""
-        mc = model_calls.c
-        spent = conn.execute(
-            select(episodes.c.run_id, func.coalesce(func.sum(mc.cost_usd), 0.0), _tokens(mc))
-            .join(episodes, episodes.c.id == mc.episode_id)
-            .where(mc.episode_id.in_(episode_ids), mc.cache_hit.is_(False))
-            .group_by(episodes.c.run_id))
-        for run_id, usd, tokens in spent:
-            conn.execute(update(runs).where(runs.c.id == run_id).values(
-                replaced_usd=runs.c.replaced_usd + usd, replaced_tokens=runs.c.replaced_tokens + tokens))
+    def renew_leases(self, ids: list[int], owner: str, ttl: float) -> set[int]:
+        with self.engine.begin() as conn:
+            return leases.renew(conn, ids, owner, ttl)
 
-    def release_episodes(self, ids: list[int]) -> None:
+    def release_episodes(self, ids: list[int], owner: str) -> None:
         """Claimed but never started (Ctrl-C, budget): back to pending for the next run."""
         if ids:
-            self._exec(update(episodes).where(episodes.c.id.in_(ids), episodes.c.status == "running")
-                       .values(status="pending", started_at=None))
+            with self.engine.begin() as conn:
+                leases.release(conn, ids, owner)
 
-    def writer(self) -> Writer:
-        return Writer(self.engine)
+    def lease_holders(self, run_id: str) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            return leases.holders(conn, run_id)
+
+    def expire_leases(self, owners: list[str]) -> int:
+        with self.engine.begin() as conn:
+            return leases.expire(conn, owners)
+
+    def writer(self, owner: str | None = None, lease_seconds: float | None = None) -> Writer:
+        return Writer(self.engine, owner=owner, lease_seconds=lease_seconds)
 
     def add_message(self, values: dict) -> int:
         return self._exec(insert(messages).values(**values)).inserted_primary_key[0]
@@ -244,7 +249,7 @@ class Store:
         """(dollars, tokens) a run's real calls have cost (cache hits are free), including
         calls whose rows were replaced when their episode was redone."""
         mc = model_calls.c
-        stmt = (select(func.coalesce(func.sum(mc.cost_usd), 0.0), _tokens(mc))
+        stmt = (select(func.coalesce(func.sum(mc.cost_usd), 0.0), leases.call_tokens(mc))
                 .join(episodes, episodes.c.id == mc.episode_id)
                 .where(episodes.c.run_id == run_id, mc.cache_hit.is_(False)))
         with self.engine.connect() as conn:
@@ -253,7 +258,3 @@ class Store:
                                     .where(runs.c.id == run_id)).one_or_none() or (0.0, 0)
             return float(usd) + float(replaced[0]), int(tokens) + int(replaced[1])
 
-
-def _tokens(mc):
-    """Total input + output tokens of the selected model_calls rows (0 when none)."""
-    return func.coalesce(func.sum(func.coalesce(mc.tokens_in, 0) + func.coalesce(mc.tokens_out, 0)), 0)

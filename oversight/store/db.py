@@ -1,4 +1,9 @@
-"""Opening a store: SQLite by default (WAL, busy timeout, foreign keys), any SQLAlchemy URL."""
+"""Opening a store: SQLite by default (WAL, busy timeout, foreign keys), any SQLAlchemy URL.
+
+A store opened for writing is migrated forward; one opened read-only (reports, `show`,
+exports) is never written to, no folder is created for it, and its schema must match the
+code's exactly. Anything that is not an oversight store is refused with a StoreError.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +12,42 @@ import sqlite3
 import time
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
-from .migrations import MIGRATIONS, migrate, schema_version
+from ..errors import StoreError
+from .migrations import MIGRATIONS, applied, migrate, schema_problem
 
 DEFAULT_DB = Path("runs") / "oversight.db"
 
 
-def resolve_url(db: str | os.PathLike | None = None) -> str:
+def target_of(db: str | os.PathLike | None = None) -> str:
     """--db, else $OVERSIGHT_DB, else runs/oversight.db under the current directory."""
-    db = db or os.environ.get("OVERSIGHT_DB") or DEFAULT_DB
-    db = str(db)
-    if "://" in db:
-        return db
-    path = Path(db).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    return str(db or os.environ.get("OVERSIGHT_DB") or DEFAULT_DB)
+
+
+def safe_url(url: str) -> str:
+    """A store URL fit to print: a PostgreSQL password never reaches the terminal or logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL: a path
+        return url
+
+
+def resolve_url(db: str | os.PathLike | None = None, *, create_dirs: bool = True) -> str:
+    """The SQLAlchemy URL of a store; a SQLite file's folder is created only when asked."""
+    target = target_of(db)
+    if "://" in target:
+        return target
+    path = Path(target).expanduser()
+    if path.is_dir():
+        raise StoreError(target, "is a folder; expected a SQLite file (or a database URL)")
+    if create_dirs:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(target, f"cannot create its folder: {exc.strerror or exc}") from None
     return f"sqlite:///{path}"
 
 
@@ -44,20 +70,91 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
-def create_store_engine(db: str | os.PathLike | None = None, *, migrate_schema: bool = True) -> Engine:
-    url = resolve_url(db)
-    if url.startswith("sqlite"):
+def _sqlite_readonly_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA query_only=ON")
+    cur.close()
+
+
+def create_store_engine(db: str | os.PathLike | None = None, *, migrate_schema: bool = True,
+                        readonly: bool = False) -> Engine:
+    """An engine on the store. Read-only: nothing is created, migrated or written."""
+    target = target_of(db)
+    url = resolve_url(db, create_dirs=not readonly)
+    sqlite = url.startswith("sqlite")
+    if sqlite and readonly:
+        path = Path(target).expanduser().resolve()
+        if not path.exists():
+            raise StoreError(target, "no store here (pass --db, set OVERSIGHT_DB, or start a run "
+                             "with `oversight run SPEC.toml`)")
+        engine = create_engine(f"sqlite:///file:{path}?mode=ro&uri=true",
+                               connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_readonly_pragmas)
+    elif sqlite:
+        path = Path(target).expanduser()
+        if path.exists() and path.stat().st_size:
+            _probe(path, safe_url(target))  # before the WAL switch writes to the file
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    if migrate_schema:
-        with engine.begin() as conn:
-            if url.startswith("sqlite") and schema_version(conn) < len(MIGRATIONS):
-                # One migrator at a time: two processes opening a new store at once would
-                # otherwise both see it empty and both create tables (pysqlite runs DDL outside
-                # any transaction). The second waits here (busy timeout), then sees the ledger.
-                # An up-to-date store is opened without taking the write lock.
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-            migrate(conn)
+    try:
+        _check_and_migrate(engine, safe_url(target), readonly=readonly,
+                           migrate_schema=migrate_schema)
+    except BaseException:
+        engine.dispose()
+        raise
     return engine
+
+
+def _probe(path: Path, target: str) -> None:
+    """Refuse an existing file that is not an oversight store (or is a newer one) without
+    writing a byte to it: opening for writing switches the file to WAL."""
+    try:
+        con = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, timeout=30)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            done = ({r[0] for r in con.execute("SELECT name FROM schema_migrations")}
+                    if "schema_migrations" in tables else set())
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(target, f"cannot open it as a store (not a SQLite database: {exc})") from None
+    foreign = sorted(t for t in tables if not t.startswith("sqlite_"))
+    if foreign and not done and "runs" not in tables:
+        raise StoreError(target, f"not an oversight store (it has tables {', '.join(foreign[:5])} "
+                         "and no schema_migrations)")
+    if (problem := schema_problem(done)) and "newer" in problem:
+        raise StoreError(target, problem)
+
+
+def _check_and_migrate(engine: Engine, target: str, *, readonly: bool, migrate_schema: bool) -> None:
+    sqlite = engine.dialect.name == "sqlite"
+    try:
+        with engine.begin() as conn:
+            done = applied(conn)
+            if not done:
+                foreign = [t for t in inspect(conn).get_table_names() if not t.startswith("sqlite_")]
+                if foreign and "runs" not in foreign:
+                    raise StoreError(target, "not an oversight store (it has tables "
+                                     f"{', '.join(sorted(foreign)[:5])} and no schema_migrations)")
+                if readonly:
+                    raise StoreError(target, "is empty: not an oversight store yet")
+            problem = schema_problem(done)
+            if problem and (readonly or "newer" in problem):
+                raise StoreError(target, problem)
+            if migrate_schema and not readonly and len(done) < len(MIGRATIONS):
+                if sqlite:
+                    # One migrator at a time: two processes opening a new store at once would
+                    # otherwise both see it empty and both create tables (pysqlite runs DDL
+                    # outside any transaction). The second waits here (busy timeout), then
+                    # sees the ledger. An up-to-date store is opened without the write lock.
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                migrate(conn)
+    except StoreError:
+        raise
+    except DBAPIError as exc:
+        orig = getattr(exc, "orig", None) or exc
+        raise StoreError(target, f"cannot open it as a store ({type(orig).__name__}: "
+                         f"{str(orig).splitlines()[0] if str(orig) else 'no detail'})") from None

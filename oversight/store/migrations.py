@@ -47,15 +47,43 @@ def m003_replaced_spend(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE runs ADD COLUMN replaced_tokens INTEGER DEFAULT '0' NOT NULL"))
 
 
-MIGRATIONS: list[Migration] = [m001_initial, m002_costs_and_cache, m003_replaced_spend]
+def m004_leases_and_reply_cap(conn: Connection) -> None:
+    """Episode leases (owner, expiry by the database's clock); the length of a reply that was
+    cut to the model's max_reply_chars."""
+    conn.execute(text("ALTER TABLE episodes ADD COLUMN lease_owner VARCHAR"))
+    conn.execute(text("ALTER TABLE episodes ADD COLUMN lease_expires FLOAT"))
+    conn.execute(text("ALTER TABLE model_calls ADD COLUMN reply_chars INTEGER"))
+
+
+MIGRATIONS: list[Migration] = [m001_initial, m002_costs_and_cache, m003_replaced_spend,
+                               m004_leases_and_reply_cap]
 
 _LEDGER = "schema_migrations"
 
 
-def schema_version(conn: Connection) -> int:
+def applied(conn: Connection) -> set[str]:
+    """Names of the migrations a database has applied (empty for a new one)."""
     if not inspect(conn).has_table(_LEDGER):
-        return 0
-    return len(conn.execute(text(f"SELECT name FROM {_LEDGER}")).all())
+        return set()
+    return {row[0] for row in conn.execute(text(f"SELECT name FROM {_LEDGER}"))}
+
+
+def schema_version(conn: Connection) -> int:
+    return len(applied(conn))
+
+
+def schema_problem(done: set[str], migrations: list[Migration] | None = None) -> str | None:
+    """Why code with these migrations cannot use a store that applied `done`: it is newer
+    (migrations the code does not know) or, for a read-only open, older. None if it matches."""
+    known = [m.__name__ for m in (MIGRATIONS if migrations is None else migrations)]
+    if unknown := sorted(done - set(known)):
+        return (f"the store's schema is newer than this oversight (it has migration "
+                f"{unknown[-1]}, unknown here): upgrade oversight to read it")
+    if missing := [n for n in known if n not in done]:
+        return (f"the store's schema is older than this oversight ({len(done)} of {len(known)} "
+                f"migrations; next: {missing[0]}): run `oversight migrate --db ...` once to "
+                "upgrade it (read-only commands never write to a store)")
+    return None
 
 
 def migrate(conn: Connection, migrations: list[Migration] | None = None) -> list[str]:

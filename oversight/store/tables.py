@@ -83,7 +83,7 @@ episodes = Table(
     Column("roles", JSON),  # role -> model alias
     Column("models", JSON),  # alias -> public model config
     Column("seed", Integer, nullable=False, default=0),
-    # pending | running | done | failed | interrupted (Ctrl-C) | stopped (budget reached)
+    # pending | running | done | failed | interrupted (Ctrl-C, SIGTERM) | stopped (budget reached)
     Column("status", String, nullable=False, default="pending"),
     Column("error", String),
     Column("started_at", String),
@@ -95,6 +95,11 @@ episodes = Table(
     Column("tokens_cached", Integer, nullable=False, default=0),  # (m002)
     Column("cost_usd", Float),  # None when some call could not be priced (m002)
     Column("cache_hits", Integer, nullable=False, default=0),  # (m002)
+    # Who runs it now: a worker id and an expiry in seconds since the epoch, both set and
+    # renewed by the database's clock. A live lease is never taken; an expired one (a dead
+    # worker) is reclaimed and its partial rows replaced. NULL when no worker holds it. (m004)
+    Column("lease_owner", String),
+    Column("lease_expires", Float),
     UniqueConstraint("run_id", "key"),
     Index("ix_episodes_run_status", "run_id", "status"),
 )
@@ -143,6 +148,9 @@ model_calls = Table(
     Column("error_kind", String),  # rate_limit, overloaded, timeout, … (m002)
     Column("cache_key", String, index=True),  # (m002)
     Column("cache_hit", Boolean, nullable=False, default=False),  # served from response_cache (m002)
+    # The reply's length in characters when it was longer than the model's max_reply_chars
+    # and only its head was kept (text, response, message); NULL when stored whole. (m004)
+    Column("reply_chars", Integer),
 )
 
 # Response cache: canonical request hash (with sample index) -> response. (m002)

@@ -14,8 +14,15 @@ Faults apply to the two completion endpoints only, one per request in arrival or
 options are in wire.py (FAULT_KINDS). Every fault dict may carry "delay" (seconds, overriding
 `latency` for that request) and "headers" (extra response headers); "reset" takes
 "after_bytes" (how much of the response to send before the RST; default: the headers and
-half the body); "malformed" takes "body"; "rate_limit"/"rate_limit_date" take "retry_after";
-"status" takes "status", "message", "type", "code"; "context_length" takes "limit".
+half the body); "malformed" takes "body" (sent as a 200, e.g. a valid body with odd usage);
+"rate_limit"/"rate_limit_date" take "retry_after"; "status" takes "status", "message", "type",
+"code"; "context_length" takes "limit"; "trickle" takes "interval" and "chunk" (the body comes
+`chunk` bytes every `interval` seconds); "huge" takes "chars" (the reply's length) and
+"logprobs" (default false: logprobs of megabytes of text take the server seconds to build).
+
+Each recorded request (`requests`) has "index", "path", "headers", "json", "fault", and "at"
+and "done_at": time.monotonic() when it arrived and when the server was done with it (its
+answer written, or the connection dropped).
 
 Token counts are whitespace-separated words: prompt = every message text (and Anthropic's
 system prompt), completion = the reply, cut to max_tokens words (finish "length"/"max_tokens").
@@ -263,6 +270,7 @@ class FakeServer:
 
     async def _complete(self, api, path, headers, body, reader, writer, keep) -> bool:
         st = self.stats
+        arrived, log = time.monotonic(), None
         index, self._index = self._index, self._index + 1
         st["received"] += 1
         if st["first_at"] is None:
@@ -277,15 +285,15 @@ class FakeServer:
             if not isinstance(req, dict):
                 st["bad_requests"] += 1
                 if self.record:
-                    self.requests.append({"index": index, "path": path, "headers": headers,
-                                          "json": None, "fault": None})
+                    self.requests.append(log := {"index": index, "path": path, "at": arrived,
+                                                 "headers": headers, "json": None, "fault": None})
                 out = wire.error_body(api, 400, message="request body is not a JSON object")
                 writer.write(http_response(400, out, keep, None))
                 return keep
             fault = self._next_fault(index, req)
             if self.record:
-                self.requests.append({"index": index, "path": path, "headers": headers,
-                                      "json": req, "fault": fault})
+                self.requests.append(log := {"index": index, "path": path, "at": arrived,
+                                             "headers": headers, "json": req, "fault": fault})
             if fault is None:
                 kind, delay = None, self.latency
             else:
@@ -308,30 +316,40 @@ class FakeServer:
                 writer.write(http_response(200, out.encode() if isinstance(out, str) else out,
                                        keep, extra))
                 return keep
-            out = self._body(api, index, req, texts, prompt_tokens, kind)
+            out = self._body(api, index, req, texts, prompt_tokens, fault)
             if kind == "reset":
                 self._reset(writer, http_response(200, out, keep, extra), len(out), fault)
                 return False
-            writer.write(http_response(200, out, keep, extra))
-            if kind is None or kind == "slow":
+            data = http_response(200, out, keep, extra)
+            if kind == "trickle":
+                if not await self._trickle(writer, data, len(out), fault):
+                    return False
+            else:
+                writer.write(data)
+            if kind is None or kind in wire.ANSWER_KINDS:
                 st["answered"] += 1
                 st["last_at"] = time.time()
             return keep
         finally:
             st["in_flight"] -= 1
+            if log is not None:
+                log["done_at"] = time.monotonic()
 
-    def _body(self, api, index, req, texts, prompt_tokens, kind) -> bytes:
+    def _body(self, api, index, req, texts, prompt_tokens, fault) -> bytes:
+        kind = fault["kind"] if fault else None
         text = self._reply_text(req, texts)
         model = req.get("model")
         model = model if isinstance(model, str) else "fake-model"
         usage, choices = kind != "no_usage", kind != "empty_choices"
+        max_tokens = _int(req.get("max_completion_tokens")) or _int(req.get("max_tokens"))
+        if kind == "huge":  # a server that ignores max_tokens
+            text, max_tokens = wire.huge_text(int(fault.get("chars", 1_000_000))), None
         if api == ANTHROPIC:
             return wire.anthropic_body(index, model, text, prompt_tokens, usage=usage,
-                                       choices=choices, max_tokens=_int(req.get("max_tokens")))
+                                       choices=choices, max_tokens=max_tokens)
         top = None
-        if req.get("logprobs"):
+        if req.get("logprobs") and (kind != "huge" or fault.get("logprobs")):
             top = max(0, min(20, _int(req.get("top_logprobs")) or 0))
-        max_tokens = _int(req.get("max_completion_tokens")) or _int(req.get("max_tokens"))
         return wire.openai_body(index, model, text, prompt_tokens, max_tokens=max_tokens,
                                 top_logprobs=top, usage=usage, choices=choices)
 
@@ -353,6 +371,24 @@ class FakeServer:
                 pass
         except ConnectionError:
             pass
+
+    @staticmethod
+    async def _trickle(writer: asyncio.StreamWriter, data: bytes, body_len: int,
+                       fault: dict) -> bool:
+        """The headers at once, then the body `chunk` bytes every `interval` seconds.
+        False if the client went away first."""
+        interval = float(fault.get("interval", 0.5))
+        chunk = max(1, int(fault.get("chunk", 1)))
+        pos = len(data) - body_len
+        writer.write(data[:pos])
+        while pos < len(data):
+            await writer.drain()
+            await asyncio.sleep(interval)
+            if writer.transport.is_closing():
+                return False
+            writer.write(data[pos:pos + chunk])
+            pos += chunk
+        return True
 
     @staticmethod
     def _reset(writer: asyncio.StreamWriter, data: bytes, body_len: int, fault: dict) -> None:

@@ -18,12 +18,17 @@ from functools import lru_cache
 
 OPENAI, ANTHROPIC = "openai", "anthropic"
 
-# Every kind a fault dict may name. "slow" is a normal answer after fault["delay"] seconds.
+# Every kind a fault dict may name. "slow" is a normal answer after fault["delay"] seconds;
+# "trickle" a normal answer whose body comes fault["chunk"] bytes (default 1) every
+# fault["interval"] seconds (default 0.5); "huge" a normal answer whose reply is fault["chars"]
+# characters long (default 1,000,000), whatever max_tokens asked for.
 FAULT_KINDS = frozenset({
     "status", "rate_limit", "rate_limit_date", "overloaded", "server_error", "bad_gateway",
     "unavailable", "timeout", "reset", "malformed", "empty_choices", "no_usage",
-    "context_length", "auth", "slow",
+    "context_length", "auth", "slow", "trickle", "huge",
 })
+# Kinds answered 200 with a well-formed body (counted in stats["answered"]).
+ANSWER_KINDS = frozenset({"slow", "trickle", "huge"})
 
 # Kinds answered with an error status: kind -> status (overloaded depends on the wire format).
 _KIND_STATUS = {"rate_limit": 429, "rate_limit_date": 429, "server_error": 500, "bad_gateway": 502,
@@ -149,6 +154,12 @@ def split_tokens(text: str) -> list[str]:
     return _TOKEN.findall(text)
 
 
+def huge_text(chars: int) -> str:
+    """A reply of exactly `chars` characters: "Answer: A. " over and over."""
+    unit = "Answer: A. "
+    return (unit * (chars // len(unit) + 1))[:chars]
+
+
 @lru_cache(maxsize=512)
 def reply_parts(text: str, max_tokens: int | None) -> tuple[str, int, bool, str]:
     """(JSON-encoded text, token count, truncated?, the text) for a reply under max_tokens."""
@@ -191,7 +202,7 @@ def _alternatives(tok: str) -> list[str]:
 
 
 def _entry(token: str, logprob: float) -> dict:
-    return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8", "surrogatepass"))}
 
 
 @lru_cache(maxsize=256)
