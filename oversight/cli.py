@@ -143,7 +143,8 @@ def _execute(loaded, library, db, *, retry_failed: bool, no_cache: bool,
     from .errors import OversightError, StoreError
     from .interrupts import run_until_signal
     from .models import Budget
-    from .runner import LEASE_SECONDS, run_batch
+    from .runner import run_batch
+    from .workers import LEASE_SECONDS
     budget = None
     if budget_usd is not None or budget_tokens is not None or loaded.spec.budget.usd or loaded.spec.budget.tokens:
         budget = Budget(budget_usd if budget_usd is not None else loaded.spec.budget.usd,

@@ -16,3 +16,10 @@ def gemma_server():
         yield server.base_url
     finally:
         server.stop()
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that start the real llama.cpp server are slow (deselect with -m "not slow")."""
+    for item in items:
+        if "gemma_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -265,6 +265,7 @@ def test_runs_protocols_and_show(work):
     assert not (work / "none.db").exists()
 
 
+@pytest.mark.slow
 def test_user_protocol_folder(work):
     (work / "protocols").mkdir()
     (work / "protocols" / "myproto.py").write_text('''
@@ -309,6 +310,7 @@ def _env():
     return {**os.environ, "COLUMNS": "200", "OVERSIGHT_DB": ""}
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_and_rerun_resumes(work):
     slow = spec_text(name="slow", protocols=("consultancy",)).replace(
         "options = { script", "options = { delay = 0.4, script")

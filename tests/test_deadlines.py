@@ -48,6 +48,7 @@ async def complete(m: Model, request: ModelRequest | None = None, records: list 
 
 # --- the fake server's slow and huge answers ------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_trickle_fault_sends_a_valid_body_slower_than_the_read_timeout(provider):
     """What D3 is about: a body that keeps coming, a chunk at a time, never trips the SDK's
@@ -93,6 +94,7 @@ async def test_huge_fault_ignores_max_tokens(provider):
 
 # --- D3: a wall-clock limit on each attempt and on the whole call ----------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("where", ["config", "options"])
 async def test_attempt_timeout_is_wall_clock_not_per_read(provider, where):
@@ -114,6 +116,7 @@ async def test_attempt_timeout_is_wall_clock_not_per_read(provider, where):
     assert received == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_retry_deadline_cuts_a_running_attempt_short(provider):
     """retry.max_seconds = 1.5 bounds the whole call, even inside an attempt whose own timeout
@@ -192,6 +195,7 @@ async def test_a_retry_does_not_wait_for_the_rpm_limiter_past_the_deadline():
 
 # --- D13: a 429 pauses every call of the model, queued ones included ------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_rate_limit_pause_holds_back_calls_already_waiting_for_a_slot(provider):
     """concurrency 8, 24 calls: the first request is answered 429 (Retry-After 1 s) while

@@ -151,6 +151,7 @@ async def test_call_record_has_request_and_response_but_no_key(gemma_server, mon
     assert SECRET not in repr(dataclasses.asdict(record))
 
 
+@pytest.mark.slow
 async def test_local_provider_shares_one_server_and_stops_it():
     config = ModelConfig(provider="local", model="gemma-3-270m", max_tokens=8, concurrency=2,
                          options={"ctx": 512})
@@ -173,6 +174,7 @@ async def test_local_provider_shares_one_server_and_stops_it():
     assert not server.alive
 
 
+@pytest.mark.slow
 async def test_local_provider_reports_a_dead_server():
     model = Model("m", ModelConfig(provider="local", model="gemma-3-270m", concurrency=1,
                                    options={"ctx": 256}))
@@ -196,6 +198,7 @@ async def test_local_provider_rejects_unknown_model_and_bad_sizes():
         Model("m", ModelConfig(provider="local", model="gemma-3-270m", options={"parallel": 0}))
 
 
+@pytest.mark.slow
 async def test_start_local_server_helper():
     base_url, handle = await local.start_local_server("gemma-3-270m", ctx=256, parallel=1)
     try:
@@ -215,6 +218,7 @@ def test_ensure_weights_returns_a_verified_file():
     assert sha256(path) == spec.sha256
 
 
+@pytest.mark.slow
 def test_corrupted_cache_is_rebuilt(tmp_path, monkeypatch):
     good = weights.ensure_weights("gemma-3-270m")
     monkeypatch.setenv("OVERSIGHT_CACHE", str(tmp_path))

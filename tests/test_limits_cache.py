@@ -152,6 +152,7 @@ async def _fire(srv: FakeServer, requests: list[ModelRequest], **limits) -> floa
     return t0
 
 
+@pytest.mark.slow
 async def test_rpm_limit_spaces_requests_after_the_burst():
     rpm, n = 40, 42  # a burst of 40, then one every 1.5 s
     arrivals, record = _arrival_recorder()
@@ -165,6 +166,7 @@ async def test_rpm_limit_spaces_requests_after_the_burst():
         assert t - t0 >= bound - 1e-3, (m, t - t0, bound)
 
 
+@pytest.mark.slow
 async def test_tpm_limit_spaces_requests_by_their_token_estimate():
     tpm, n, max_tokens = 6000, 42, 100
     # 200 characters -> 50 prompt tokens, + max_tokens = 150 tokens a request: a burst of

@@ -254,6 +254,7 @@ def test_new_providers_are_registered():
     assert provider_class("litellm") is LitellmProvider
 
 
+@pytest.mark.slow
 def test_litellm_is_imported_lazily_and_offline():
     code = (
         "import os, sys\n"

@@ -145,6 +145,7 @@ def test_unstorable_replies_never_stop_the_writer(tmp_path):
     assert scalar(db, "SELECT count(*) FROM verdicts") == 19
 
 
+@pytest.mark.slow
 def test_a_store_that_cannot_be_written_stops_the_batch_loudly(tmp_path, monkeypatch):
     """The writer gives up after a few failed flushes: the batch stops with a StoreError (no
     more calls), and a later run redoes exactly what was not stored."""

@@ -46,6 +46,7 @@ def check_nothing_lost(db, loaded, received: int) -> dict[str, int]:
     return {s: sum(e["status"] == s for e in eps) for s in ("done", "failed")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
 @pytest.mark.parametrize("rate", [0.1, 0.3, 0.5])
 async def test_fault_runs_never_crash_and_lose_nothing(tmp_path, provider, rate):

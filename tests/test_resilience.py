@@ -198,6 +198,7 @@ def server():
         srv.stop()
 
 
+@pytest.mark.slow
 def test_faulty_batch_ends_consistent_and_rerun_finishes_the_rest(tmp_path, server):
     srv = server
     # The direct judge is its own model so that only direct episodes can be poisoned (see
@@ -370,6 +371,7 @@ def count_status(db: Path, status: str) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_does_exactly_the_missing_episodes(tmp_path, server):
     srv = server
     srv.latency = 0.2
@@ -490,6 +492,7 @@ def test_stores_opened_at_once_on_a_new_file(tmp_path):
         assert q(path, "PRAGMA journal_mode") == [{"journal_mode": "wal"}]
 
 
+@pytest.mark.slow
 def test_two_different_specs_share_one_new_store(tmp_path, server):
     """Both start on a store that does not exist yet: schema creation races too."""
     srv = server
@@ -514,6 +517,7 @@ def test_two_different_specs_share_one_new_store(tmp_path, server):
     assert sum(not c["cache_hit"] for c in calls) == srv.stats["received"]
 
 
+@pytest.mark.slow
 def test_same_spec_twice_at_once_shares_the_work(tmp_path, server):
     """Meaningful semantics for the same spec run twice at once: the two processes split the
     episodes between them (an episode another process already started is skipped), so the
@@ -625,6 +629,7 @@ async def test_budget_stops_cleanly_and_raising_it_resumes(tmp_path, case):
 
 # --- 6. an API key never reaches the store or the terminal ----------------------------------
 
+@pytest.mark.slow
 def test_api_key_is_nowhere_in_the_store_or_output(tmp_path, server, monkeypatch):
     srv = server
     models = {"oa": model_cfg(srv, "openai", api_key_env=KEY_ENV),

@@ -121,12 +121,21 @@ def _probe(path: Path, target: str) -> None:
             con.close()
     except sqlite3.DatabaseError as exc:
         raise StoreError(target, f"cannot open it as a store (not a SQLite database: {exc})") from None
-    foreign = sorted(t for t in tables if not t.startswith("sqlite_"))
-    if foreign and not done and "runs" not in tables:
-        raise StoreError(target, f"not an oversight store (it has tables {', '.join(foreign[:5])} "
-                         "and no schema_migrations)")
-    if (problem := schema_problem(done)) and "newer" in problem:
+    if (problem := _refusal(tables, done, readonly=False)) is not None:
         raise StoreError(target, problem)
+
+
+def _refusal(tables: set[str], done: set[str], readonly: bool) -> str | None:
+    """Why a database with these tables and applied migrations is not to be opened: not an
+    oversight store, empty (for reading), newer than the code, or older (for reading)."""
+    foreign = sorted(t for t in tables if not t.startswith("sqlite_"))
+    if not done and foreign and "runs" not in foreign:
+        return (f"not an oversight store (it has tables {', '.join(foreign[:5])} and no "
+                "schema_migrations)")
+    if not done and readonly:
+        return "is empty: not an oversight store yet"
+    problem = schema_problem(done)
+    return problem[1] if problem and (readonly or problem[0] == "newer") else None
 
 
 def _check_and_migrate(engine: Engine, target: str, *, readonly: bool, migrate_schema: bool) -> None:
@@ -134,15 +143,8 @@ def _check_and_migrate(engine: Engine, target: str, *, readonly: bool, migrate_s
     try:
         with engine.begin() as conn:
             done = applied(conn)
-            if not done:
-                foreign = [t for t in inspect(conn).get_table_names() if not t.startswith("sqlite_")]
-                if foreign and "runs" not in foreign:
-                    raise StoreError(target, "not an oversight store (it has tables "
-                                     f"{', '.join(sorted(foreign)[:5])} and no schema_migrations)")
-                if readonly:
-                    raise StoreError(target, "is empty: not an oversight store yet")
-            problem = schema_problem(done)
-            if problem and (readonly or "newer" in problem):
+            tables = set(inspect(conn).get_table_names()) if not done else set()
+            if (problem := _refusal(tables, done, readonly)) is not None:
                 raise StoreError(target, problem)
             if migrate_schema and not readonly and len(done) < len(MIGRATIONS):
                 if sqlite:

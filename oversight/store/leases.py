@@ -8,7 +8,7 @@ the attempt it held are replaced. Finishing an episode clears its lease.
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, Float, bindparam, delete, func, select, update
+from sqlalchemy import Connection, Float, delete, func, select, update
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 
@@ -117,7 +117,3 @@ def call_tokens(mc):
     """Total input + output tokens of the selected model_calls rows (0 when none)."""
     return func.coalesce(func.sum(func.coalesce(mc.tokens_in, 0) + func.coalesce(mc.tokens_out, 0)), 0)
 
-
-def held_by(owner_param: str = "owner"):
-    """WHERE clause: the episode's lease belongs to the bound owner (for the writer)."""
-    return episodes.c.lease_owner == bindparam(owner_param)

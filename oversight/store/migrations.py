@@ -72,17 +72,18 @@ def schema_version(conn: Connection) -> int:
     return len(applied(conn))
 
 
-def schema_problem(done: set[str], migrations: list[Migration] | None = None) -> str | None:
-    """Why code with these migrations cannot use a store that applied `done`: it is newer
-    (migrations the code does not know) or, for a read-only open, older. None if it matches."""
+def schema_problem(done: set[str], migrations: list[Migration] | None = None) -> tuple[str, str] | None:
+    """("newer" | "older", why) when code with these migrations and a store that applied `done`
+    differ: a newer store has migrations the code does not know (never written to, never
+    read); an older one lacks some (a run migrates it; a read-only open refuses it)."""
     known = [m.__name__ for m in (MIGRATIONS if migrations is None else migrations)]
     if unknown := sorted(done - set(known)):
-        return (f"the store's schema is newer than this oversight (it has migration "
-                f"{unknown[-1]}, unknown here): upgrade oversight to read it")
+        return "newer", (f"the store's schema is newer than this oversight (it has migration "
+                         f"{unknown[-1]}, unknown here): upgrade oversight to read it")
     if missing := [n for n in known if n not in done]:
-        return (f"the store's schema is older than this oversight ({len(done)} of {len(known)} "
-                f"migrations; next: {missing[0]}): run `oversight migrate --db ...` once to "
-                "upgrade it (read-only commands never write to a store)")
+        return "older", (f"the store's schema is older than this oversight ({len(done)} of "
+                         f"{len(known)} migrations; next: {missing[0]}): run `oversight migrate "
+                         "--db ...` once to upgrade it (read-only commands never write to a store)")
     return None
 
 
@@ -93,7 +94,7 @@ def migrate(conn: Connection, migrations: list[Migration] | None = None) -> list
                       "(name VARCHAR PRIMARY KEY, applied_at VARCHAR NOT NULL)"))
     done = {row[0] for row in conn.execute(text(f"SELECT name FROM {_LEDGER}"))}
     fresh = not done and not inspect(conn).has_table("runs")
-    applied = []
+    ran = []
     for migration in migrations:
         if migration.__name__ in done:
             continue
@@ -104,5 +105,5 @@ def migrate(conn: Connection, migrations: list[Migration] | None = None) -> list
             migration(conn)
         conn.execute(text(f"INSERT INTO {_LEDGER} (name, applied_at) VALUES (:n, :t)"),
                      {"n": migration.__name__, "t": utcnow()})
-        applied.append(migration.__name__)
-    return applied
+        ran.append(migration.__name__)
+    return ran
