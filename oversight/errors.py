@@ -25,7 +25,9 @@ class ModelError(OversightError):
     """A model call failed. `retryable` tells the retry layer whether another attempt may help;
     `retry_after` is the server's own wait hint in seconds (Retry-After or a rate-limit reset
     header), `kind` a short class for reports: rate_limit, overloaded, server, timeout,
-    connection, malformed, context_length, auth, bad_request, not_found, budget, other."""
+    connection, malformed, context_length, auth, bad_request, not_found, budget, other;
+    `abandoned` (a sibling turn failed: nothing was sent, never recorded as a call) and, on
+    call records only, `cancelled` (a request cut off by Ctrl-C or a lost lease)."""
 
     def __init__(self, message: str, *, retryable: bool = False, status: int | None = None,
                  retry_after: float | None = None, kind: str = "other"):

@@ -222,7 +222,7 @@ async def run_batch(loaded: LoadedSpec, store: Store, prompts: PromptLibrary, *,
                 renewed = await asyncio.to_thread(store.renew_leases, held, owner, lease_seconds)
             except Exception:  # noqa: BLE001 - a busy store: the writer renews on every flush
                 continue
-            for ep_id in [*(set(held) - renewed), *writer.lost]:
+            for ep_id in (set(held) - renewed) | writer.take_lost():
                 lose(ep_id)
 
     batch = asyncio.current_task()

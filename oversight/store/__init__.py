@@ -92,21 +92,12 @@ class Store:
         return status, states, others
 
     def save_items(self, rows: Iterable[dict]) -> None:
+        """Store items not stored yet, in one statement (insert-or-ignore: another process may
+        store the same ones meanwhile, and a read-then-write transaction could not wait for it)."""
         rows = list(rows)
-        if not rows:
-            return
-        for attempt in range(2):  # twice: another process may insert the same items meanwhile
-            try:
-                with self.engine.begin() as conn:
-                    have = set(conn.execute(select(items.c.id).where(
-                        items.c.id.in_([r["id"] for r in rows]))).scalars())
-                    new = [r for r in rows if r["id"] not in have]
-                    if new:
-                        conn.execute(insert(items), new)
-                return
-            except IntegrityError:
-                if attempt:
-                    raise
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(_insert_ignore(items, conn.dialect.name), rows)
 
     def episode_status(self, run_id: str) -> dict[str, tuple[int, str]]:
         """key -> (episode id, status) for every episode of a run."""

@@ -6,7 +6,7 @@ so the event loop never waits for the database. A kill -9 loses at most the rows
 interval; they belong to episodes still leased to the dead worker, which a resume redoes.
 
 Each flush first renews the leases of the episodes it writes for; rows of an episode whose
-lease this worker lost are dropped and the episode reported in `lost`. A value the driver
+lease this worker lost are dropped and the episode reported by `take_lost`. A value the driver
 cannot store (a lone surrogate in a reply) is escaped; a row that still cannot be stored is
 left out and its episode fails with the reason. A store that cannot be written at all stops
 the batch loudly (`run` raises StoreError) instead of dying unseen.
@@ -105,7 +105,7 @@ class Writer:
         self._inserts: dict[Table, _Insert] = {}
         self._queue_lock = threading.Lock()  # the loop queues while a thread flushes
         self._flush_lock = threading.Lock()  # one flush at a time, in queue order
-        self.lost: set[int] = set()  # episodes whose lease this worker lost (rows dropped)
+        self._lost: set[int] = set()  # episodes whose lease this worker lost (rows dropped)
         self.unstored: dict[int, str] = {}  # episode -> why one of its rows could not be stored
 
     def insert(self, table: Table, row: dict) -> None:
@@ -153,8 +153,16 @@ class Writer:
         ids = {r["episode_id"] for t in (messages, model_calls, verdicts) for r in rows.get(t, ())
                if r.get("episode_id") is not None} | set(updates)
         held = leases.renew(conn, sorted(ids), self.owner, self.lease_seconds or 60.0)
-        self.lost |= ids - held
+        with self._queue_lock:
+            self._lost |= ids - held
         return held
+
+    def take_lost(self) -> set[int]:
+        """Episodes whose lease this worker found lost since the last call (their rows were
+        dropped): the runner stops them."""
+        with self._queue_lock:
+            lost, self._lost = self._lost, set()
+        return lost
 
     def _write(self, rows: dict[Table, list[dict]], updates: dict[int, dict]) -> None:
         with self.engine.begin() as conn:
