@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from . import __version__
 from .cache import StoreCache
 from .episode import Episode, Message
@@ -144,8 +146,19 @@ async def run_batch(loaded: LoadedSpec, store: Store, prompts: PromptLibrary, *,
                     budget: Budget | None = None,
                     lease_seconds: float = LEASE_SECONDS) -> RunSummary:
     """Run every pending episode of a spec; safe to call again to resume, and to run in
-    several processes at once on one store (each episode is leased to one worker)."""
-    progress = progress or _Quiet()
+    several processes at once on one store (each episode is leased to one worker). A store
+    that refuses a write (locked past its timeout, full, read-only) raises StoreError."""
+    try:
+        return await _run_batch(loaded, store, prompts, retry_failed=retry_failed,
+                                progress=progress or _Quiet(), models=models,
+                                use_cache=use_cache, budget=budget, lease_seconds=lease_seconds)
+    except SQLAlchemyError as exc:  # before the batch began: registering it, planning rows
+        raise _store_error(store, exc) from None
+
+
+async def _run_batch(loaded: LoadedSpec, store: Store, prompts: PromptLibrary, *,
+                     retry_failed: bool, progress: Progress, models: dict[str, Model] | None,
+                     use_cache: bool, budget: Budget | None, lease_seconds: float) -> RunSummary:
     run_id = register_run(loaded, store)
     owner = worker_id()
     status = store.episode_status(run_id)

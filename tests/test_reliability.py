@@ -272,3 +272,23 @@ def test_debate_and_direct_leave_no_lease_behind(tmp_path):
     db = tmp_path / "s.db"
     assert run(path, db).summary.status == "finished"
     assert all(e["lease_owner"] is None and e["lease_expires"] is None for e in episodes(db))
+
+
+def test_a_store_refusing_writes_before_the_batch_is_a_store_error(tmp_path):
+    """Registering the run is the first write: a store that refuses it (here: read-only
+    connections) gives a StoreError naming the store, not a driver traceback, and no call."""
+    from sqlalchemy import event
+
+    path = spec(tmp_path, [direct()], {"m": mock()}, limit=2)
+    registry, prompts = load_all()
+    loaded = load_spec(path, registry)
+    models = {"m": Model("m", loaded.models["m"])}
+    store = Store(tmp_path / "s.db")
+    store.engine.dispose()
+    event.listen(store.engine, "connect", lambda con, _: con.execute("PRAGMA query_only=ON"))
+    try:
+        with pytest.raises(StoreError, match=r"s\.db: cannot write to the store"):
+            asyncio.run(run_batch(loaded, store, prompts, models=models))
+    finally:
+        store.close()
+    assert models["m"].provider.calls == []

@@ -97,6 +97,9 @@ def create_store_engine(db: str | os.PathLike | None = None, *, migrate_schema: 
             _probe(path, safe_url(target))  # before the WAL switch writes to the file
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
+    elif readonly and url.startswith("postgresql"):  # the server itself refuses writes
+        engine = create_engine(url, pool_pre_ping=True,
+                               connect_args={"options": "-c default_transaction_read_only=on"})
     else:
         engine = create_engine(url, pool_pre_ping=True)
     try:
