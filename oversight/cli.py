@@ -107,7 +107,6 @@ def run(spec: Annotated[Path, typer.Argument(metavar="SPEC.toml", help="The batc
         budget_tokens: Annotated[int | None, typer.Option(min=0, metavar="N", help="Override [budget] tokens")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display")] = False) -> None:
     """Run a batch spec; re-running the same spec resumes it (finished episodes are skipped)."""
-
     from .errors import OversightError
     from .preflight import preflight
     from .spec import load_spec
@@ -149,8 +148,8 @@ def _execute(loaded, library, db, *, retry_failed: bool, no_cache: bool,
     if budget_usd is not None or budget_tokens is not None or loaded.spec.budget.usd or loaded.spec.budget.tokens:
         budget = Budget(budget_usd if budget_usd is not None else loaded.spec.budget.usd,
                         budget_tokens if budget_tokens is not None else loaded.spec.budget.tokens)
+    lease = _lease_seconds(os.environ.get("OVERSIGHT_LEASE_SECONDS"), LEASE_SECONDS)
     store = _store(db, create=True)
-    lease = float(os.environ.get("OVERSIGHT_LEASE_SECONDS") or LEASE_SECONDS)
     err = _console(stderr=True)
     err.print(f"[bold]{loaded.run_id}[/]: {len(loaded.plans)} episodes "
               f"({len(loaded.items)} items) → {escape(_safe_url(store.url))}")
@@ -197,6 +196,21 @@ def _execute(loaded, library, db, *, retry_failed: bool, no_cache: bool,
         err.print(f"[yellow]{left} episode(s) not finished[/]; re-run the same command to finish them.")
     if summary.status not in ("finished", "running") or states.get("failed"):
         raise typer.Exit(EXIT_FAILED)
+
+
+def _lease_seconds(value: str | None, default: float) -> float:
+    """$OVERSIGHT_LEASE_SECONDS: how long a worker's lease lasts without renewal."""
+    import math
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 1:
+        raise _fail(f"OVERSIGHT_LEASE_SECONDS: expected a number of seconds of at least 1, "
+                    f"got {value[:40]!r}")
+    return seconds
 
 
 def _dry_run(loaded, library, db, retry_failed: bool) -> None:

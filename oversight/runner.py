@@ -280,6 +280,7 @@ async def _wrap_up(store: Store, writer: Writer, claims: Claims, summary: RunSum
                    stopped: str | None, failure: list[BaseException]) -> None:
     """Keep what finished, give back what never started, settle the run's status. A store
     that fails here too is reported, never allowed to hide the first error."""
+    await claims.settle()
     for step in (writer.flush, lambda: store.release_episodes(claims.unstarted(), summary.worker),
                  lambda: _settle(store, summary, stopped)):
         try:

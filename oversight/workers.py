@@ -30,6 +30,7 @@ class Claims:
         self.batch = max(1, min(batch, self.MAX_BATCH))
         self.decided: dict[int, bool] = {}  # claimed (True) or lost (False), not yet taken
         self._lock = asyncio.Lock()
+        self._claiming: asyncio.Future | None = None
 
     async def take(self, ep_id: int) -> bool:
         """Whether this worker runs the episode; claims it and the next ones if needed."""
@@ -37,10 +38,20 @@ class Claims:
             if ep_id not in self.decided:
                 start = self.position[ep_id]
                 chunk = [i for i in self.order[start:start + self.batch] if i not in self.decided]
-                won = await asyncio.to_thread(self.store.claim_episodes, chunk, self.owner,
-                                              self.ttl, self.retry_failed)
-                self.decided.update({i: i in won for i in chunk})
+                # In a thread, which a cancelled batch cannot stop: shielded, so that what it
+                # won is known (and given back) even if the batch stops meanwhile.
+                self._claiming = asyncio.ensure_future(asyncio.to_thread(
+                    self.store.claim_episodes, chunk, self.owner, self.ttl, self.retry_failed))
+                self._claiming.add_done_callback(
+                    lambda f: f.cancelled() or f.exception() or
+                    self.decided.update({i: i in f.result() for i in chunk}))
+                await asyncio.shield(self._claiming)
             return self.decided.pop(ep_id)
+
+    async def settle(self) -> None:
+        """Wait for a claim still running in its thread (after the batch was cancelled)."""
+        if self._claiming is not None:
+            await asyncio.gather(self._claiming, return_exceptions=True)
 
     def unstarted(self) -> list[int]:
         return [ep_id for ep_id, won in self.decided.items() if won]

@@ -292,3 +292,41 @@ def test_a_store_refusing_writes_before_the_batch_is_a_store_error(tmp_path):
     finally:
         store.close()
     assert models["m"].provider.calls == []
+
+
+def test_a_store_failing_midway_through_a_refused_batch_loses_and_repeats_nothing(tmp_path):
+    """A flush the database refuses is written row by row; if the store then fails midway,
+    the rows already written are not queued again (no duplicate) and the rest are."""
+    from sqlalchemy import event
+
+    from oversight.store import messages
+
+    store = Store(tmp_path / "s.db")
+    path = spec(tmp_path, [direct()], {"m": mock()}, limit=1)
+    run(path, tmp_path / "s.db")
+    [ep] = episodes(tmp_path / "s.db")
+    writer = store.writer()
+    good = [{"episode_id": ep["id"], "idx": 10 + i, "role": "judge", "content": f"m{i}",
+             "shown": f"m{i}"} for i in range(4)]
+    bad = {"episode_id": ep["id"], "idx": 20, "role": "judge", "content": "x", "shown": "x",
+           "tokens_in": 2 ** 64}  # refused: the batch goes row by row
+    for row in (good[0], bad, good[1], good[2], good[3]):
+        writer.insert(messages, row)
+    inserts = {"n": 0}
+
+    def fail_third_insert(conn, cursor, statement, *args):
+        if statement.startswith("INSERT INTO messages"):
+            inserts["n"] += 1
+            if inserts["n"] == 5:  # the batch, then rows 1, 2 (bad), 3 -> the 4th row fails
+                raise OperationalError(statement, {}, Exception("disk I/O error"))
+
+    event.listen(store.engine, "before_cursor_execute", fail_third_insert)
+    with pytest.raises(OperationalError):
+        writer.flush()
+    event.remove(store.engine, "before_cursor_execute", fail_third_insert)
+    writer.flush()  # what was left
+    store.close()
+    stored = [r["idx"] for r in rows(tmp_path / "s.db", "SELECT idx FROM messages "
+                                     "WHERE idx >= 10 ORDER BY idx")]
+    assert stored == [10, 11, 12, 13]
+    assert "OverflowError" in writer.unstored[ep["id"]]

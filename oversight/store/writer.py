@@ -128,15 +128,19 @@ class Writer:
                 self._rows, self._updates = defaultdict(list), {}
             if not rows and not updates:
                 return
+            cached = [row["key"] for row in rows.get(response_cache, ())]
             try:
-                self._write(rows, updates)
+                try:
+                    self._write(rows, updates)
+                except OperationalError:
+                    raise
+                except Exception:  # noqa: BLE001 - a row the database refuses: isolate it
+                    self._write_one_by_one(rows, updates)
             except OperationalError:  # locked, disk full, read-only: keep them for a retry
-                self._requeue(rows, updates)
+                self._requeue(rows, updates)  # (what one by one wrote is no longer in them)
                 raise
-            except Exception:  # noqa: BLE001 - a row the database refuses: isolate it
-                self._write_one_by_one(rows, updates)
-            for row in rows.get(response_cache, ()):
-                self.pending_cache.pop(row["key"], None)
+            for key in cached:
+                self.pending_cache.pop(key, None)
 
     def _requeue(self, rows: dict[Table, list[dict]], updates: dict[int, dict]) -> None:
         with self._queue_lock:
@@ -176,35 +180,44 @@ class Writer:
 
     def _write_one_by_one(self, rows: dict[Table, list[dict]], updates: dict[int, dict]) -> None:
         """The batch was refused: store each row on its own; an episode with a row that cannot
-        be stored fails, with the reason, instead of the whole flush being lost."""
+        be stored fails, with the reason, instead of the whole flush being lost.
+        Rows and updates are taken out of `rows` and `updates` as they are handled, so that
+        if the store fails midway, what is left can be queued again without duplicates."""
         with self.engine.begin() as conn:
             held = self._held(conn, rows, updates)
         for table in _ORDER:
             ins = self._insert(table) if rows.get(table) else None
-            for row in self._ours(table, rows.get(table), held):
+            keep = {id(r) for r in self._ours(table, rows.get(table), held)}
+            while rows.get(table):
+                row = rows[table][0]
                 try:
-                    with self.engine.begin() as conn:
-                        conn.exec_driver_sql(ins.sql, ins.params([row]))
+                    if id(row) in keep:
+                        with self.engine.begin() as conn:
+                            conn.exec_driver_sql(ins.sql, ins.params([row]))
                 except OperationalError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - recorded on the episode below
                     if row.get("episode_id") is not None:
                         reason = f"could not store a {table.name} row: {type(exc).__name__}: {exc}"
                         self.unstored.setdefault(row["episode_id"], reason[:500])
+                rows[table].pop(0)
         for episode_id, values in self._final(updates, held).items():
             try:
                 with self.engine.begin() as conn:
                     self._update(conn, {episode_id: values})
+                updates.pop(episode_id)
             except OperationalError:
                 raise
             except Exception as exc:  # noqa: BLE001 - e.g. a total no INTEGER column holds
                 reason = f"could not store the episode's totals: {type(exc).__name__}: {exc}"
                 self.unstored.setdefault(episode_id, reason[:500])
-                keep = {k: v for k, v in values.items()
+                kept = {k: v for k, v in values.items()
                         if k in ("finished_at", "duration_s", "lease_owner", "lease_expires")}
                 with self.engine.begin() as conn:
-                    self._update(conn, {episode_id: {**keep, "status": "failed",
+                    self._update(conn, {episode_id: {**kept, "status": "failed",
                                                      "error": self.unstored[episode_id]}})
+                updates.pop(episode_id)
+        updates.clear()  # those of lost leases: not ours to write
 
     def _ours(self, table: Table, batch: list[dict] | None, held: set[int] | None) -> list[dict]:
         """The rows to write: not those of episodes whose lease is lost, and no verdict for an
