@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "protocol": "registry", "ProtocolDef": "registry",
-    "Episode": "episode", "Agent": "episode", "Message": "episode", "DISPOSITIONS": "episode",
-    "Verdict": "verdict", "parse_verdict": "verdict",
-    "Item": "items", "load_dataset": "items", "load_jsonl": "items",
-    "Assignment": "assign", "judge_only": "assign", "single_advocate": "assign", "two_sided": "assign",
+    "protocol": "api.registry", "ProtocolDef": "api.registry",
+    "Episode": "api.episode", "Agent": "api.episode", "Message": "api.episode",
+    "DISPOSITIONS": "api.episode",
+    "Verdict": "api.verdict", "parse_verdict": "api.verdict",
+    "Item": "tasks.items", "load_dataset": "tasks.items", "load_jsonl": "tasks.items",
+    "Assignment": "api.assign", "judge_only": "api.assign", "single_advocate": "api.assign",
+    "two_sided": "api.assign",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
@@ -33,8 +35,8 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # for type checkers and editors
-    from .assign import Assignment, judge_only, single_advocate, two_sided  # noqa: F401
-    from .episode import DISPOSITIONS, Agent, Episode, Message  # noqa: F401
-    from .items import Item, load_dataset, load_jsonl  # noqa: F401
-    from .registry import ProtocolDef, protocol  # noqa: F401
-    from .verdict import Verdict, parse_verdict  # noqa: F401
+    from .api.assign import Assignment, judge_only, single_advocate, two_sided  # noqa: F401
+    from .api.episode import DISPOSITIONS, Agent, Episode, Message  # noqa: F401
+    from .api.registry import ProtocolDef, protocol  # noqa: F401
+    from .api.verdict import Verdict, parse_verdict  # noqa: F401
+    from .tasks.items import Item, load_dataset, load_jsonl  # noqa: F401

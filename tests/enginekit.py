@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from oversight.api.plugins import load_all
+from oversight.batch.runner import RunSummary, run_batch
+from oversight.batch.spec import LoadedSpec, load_spec
 from oversight.models import Model
-from oversight.plugins import load_all
-from oversight.runner import RunSummary, run_batch
-from oversight.spec import LoadedSpec, load_spec
 from oversight.store import Store
 
 

@@ -440,8 +440,8 @@ def test_preflight_tries_the_first_item_of_each_dataset_only(work):
 
 
 def test_a_protocol_that_never_finishes_is_named(work, monkeypatch):
-    import oversight.preflight
-    monkeypatch.setattr(oversight.preflight, "TRIAL_SECONDS", 0.2)
+    import oversight.batch.preflight
+    monkeypatch.setattr(oversight.batch.preflight, "TRIAL_SECONDS", 0.2)
     folder = work.protocol("protos_slow", user_protocol(
         "bi_slow", "import asyncio\n        await asyncio.sleep(60)"))
     with_judge_prompt(work, "bi_slow")

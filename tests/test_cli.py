@@ -349,7 +349,7 @@ def test_help_lists_commands_without_heavy_imports():
         assert cmd in proc.stdout
     # heavy modules stay out of --help (checked by import, not by time: no timed assertions)
     code = ("import sys, oversight.cli; print(sorted(m for m in "
-            "('sqlalchemy', 'numpy', 'openai', 'oversight.runner') if m in sys.modules))")
+            "('sqlalchemy', 'numpy', 'openai', 'oversight.batch.runner') if m in sys.modules))")
     probe = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True,
                            text=True, env=_env())
     assert probe.stdout.strip() == "[]", probe.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from oversight.errors import DataError
-from oversight.items import BUILTIN_DATASETS, builtin_path, load_dataset, load_jsonl
+from oversight.tasks.items import BUILTIN_DATASETS, builtin_path, load_dataset, load_jsonl
 
 EXPECTED_ROWS = {"boolq": 300, "truthfulqa_mc1": 300, "arc_challenge": 300, "quality_hard": 12}
 WITH_CONTEXT = {"boolq", "quality_hard"}

@@ -30,13 +30,13 @@ from enginekit import boolq_spec, debate, direct, run_inproc
 from enginekit import rows as q  # q(db, sql, *args): a query's rows as dicts
 from typer.testing import CliRunner
 
+from oversight.api.plugins import load_all
+from oversight.batch.spec import load_spec
 from oversight.cli import app
 from oversight.models import Model, ModelConfig, ModelRequest
 from oversight.models.base import Price, RetryPolicy
 from oversight.models.model import _estimate_tokens
 from oversight.models.pricing import price_for, price_table
-from oversight.plugins import load_all
-from oversight.spec import load_spec
 from oversight.testing.fakeserver import FakeServer
 
 RETRY = {"max_attempts": 2, "backoff_initial": 0.01, "backoff_max": 0.05}

@@ -13,9 +13,9 @@ import textwrap
 import pytest
 from enginekit import load, mock, rows, run, scalar, write_spec
 
+from oversight.api.plugins import load_all, load_protocol_dir
 from oversight.errors import SpecError
-from oversight.items import load_dataset
-from oversight.plugins import load_all, load_protocol_dir
+from oversight.tasks.items import load_dataset
 
 VERDICT = "Answer: A\nConfidence: 70%"
 
@@ -545,12 +545,12 @@ def test_no_judge_question_after_the_last_round(tmp_path):
 
 # -- (i) a user-defined protocol ----------------------------------------------------------
 
-@pytest.mark.parametrize("first", ["oversight.plugins", "oversight.spec"])
+@pytest.mark.parametrize("first", ["oversight.api.plugins", "oversight.batch.spec"])
 def test_protocol_decorator_import_does_not_depend_on_import_order(first):
     # A fresh interpreter, as a user's script or notebook: import part of the API, then load
     # protocols (every protocol file does `from oversight import protocol`). Regression: the
     # lazy package exports once let the submodule oversight.protocol shadow the decorator.
-    code = (f"import {first}\nfrom oversight.plugins import load_all\nload_all()\n"
+    code = (f"import {first}\nfrom oversight.api.plugins import load_all\nload_all()\n"
             "from oversight import protocol\nassert callable(protocol), protocol\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from oversight.quotes import normalise, verify
+from oversight.api.quotes import normalise, verify
 
 CONTEXT = ("The committee met on Tuesday. “It’s time,” said the chair — and the vote "
            "passed 7 to 2.\nMembers then   adjourned for lunch.")
@@ -122,7 +122,7 @@ def test_tag_variants_never_mark_invented_text_verified(text):
     assert all(r["status"] != "verified" for r in results)
 
 
-# Brackets a judge could read as '<' and '>'; folded here independently of oversight.quotes.
+# Brackets a judge could read as '<' and '>'; folded here independently of oversight.api.quotes.
 LOOKALIKES = {"<": "＜﹤‹〈〈⟨˂ᐸ❮❬⧼", ">": "＞﹥›〉〉⟩˃ᐳ❯❭⧽"}
 
 

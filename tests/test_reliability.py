@@ -19,11 +19,11 @@ import pytest
 from enginekit import debate, direct, mock, rows, run, scalar, write_spec
 from sqlalchemy.exc import OperationalError
 
+from oversight.api.plugins import load_all
+from oversight.batch.runner import run_batch
+from oversight.batch.spec import load_spec
 from oversight.errors import StoreError
 from oversight.models import Model, ModelResponse, Provider
-from oversight.plugins import load_all
-from oversight.runner import run_batch
-from oversight.spec import load_spec
 from oversight.store import Store, storable_text
 from oversight.store.writer import Writer
 

@@ -31,9 +31,9 @@ import pytest
 from enginekit import boolq_spec, debate, direct, load, run_inproc, toml_value
 from enginekit import rows as q  # q(db, sql, *args): a query's rows as dicts
 
-from oversight.plugins import load_all
-from oversight.runner import run_batch
-from oversight.spec import load_spec
+from oversight.api.plugins import load_all
+from oversight.batch.runner import run_batch
+from oversight.batch.spec import load_spec
 from oversight.store import Store
 from oversight.testing.fakeserver import FakeServer
 from oversight.testing.wire import request_texts

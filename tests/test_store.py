@@ -14,8 +14,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 from oversight.errors import StoreError
-from oversight.items import load_dataset
 from oversight.store import MIGRATIONS, Store, metadata, migrate, schema_version
+from oversight.tasks.items import load_dataset
 
 VERDICT = "Answer: A\nConfidence: 70%"
 DATA = Path(__file__).parent / "data"

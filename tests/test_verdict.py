@@ -6,8 +6,8 @@ import math
 
 import pytest
 
+from oversight.api.verdict import Verdict, parse_verdict
 from oversight.models import TokenLogprob
-from oversight.verdict import Verdict, parse_verdict
 
 
 def test_answer_and_confidence_parse():

@@ -1,5 +1,19 @@
 """Analysis: pure functions from store rows to metrics (read only; no protocol knowledge)."""
 
+from .detection import (
+    AUROC,
+    DetectionSummary,
+    FlagMetrics,
+    Safety,
+    Usefulness,
+    auroc,
+    detection_summary,
+    flag_metrics,
+    safety_deployment,
+    safety_from_rates,
+    safety_per_attempt,
+    usefulness,
+)
 from .metrics import (
     Estimate,
     accuracy,
@@ -9,6 +23,10 @@ from .metrics import (
     summarise,
     to_dataframe,
 )
+from .thresholds import CatchRate, Scored, audit_threshold, catch_rate, caught, tpr_at_fpr
 
-__all__ = ["Estimate", "accuracy", "assignment_label", "bootstrap_ci", "by_label", "summarise",
-           "to_dataframe"]
+__all__ = ["AUROC", "CatchRate", "DetectionSummary", "Estimate", "FlagMetrics", "Safety", "Scored",
+           "Usefulness", "accuracy", "assignment_label", "audit_threshold", "auroc",
+           "bootstrap_ci", "by_label", "catch_rate", "caught", "detection_summary",
+           "flag_metrics", "safety_deployment", "safety_from_rates", "safety_per_attempt",
+           "summarise", "to_dataframe", "tpr_at_fpr", "usefulness"]

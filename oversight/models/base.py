@@ -45,7 +45,7 @@ _SECRET_NAME = re.compile(r"^(authorization|proxy-authorization|cookie|(x-)?api[
                           r"|(access|auth|bearer|session|id)[-_]?token|token|password|secret"
                           r"|.*[-_](api[-_]?key|secret|password))$", re.IGNORECASE)
 _AUTH_VALUE = re.compile(r"^\s*(bearer|basic)\s+\S", re.IGNORECASE)
-# Key shapes, wherever they appear in a spec (spec.py scans every string and table name).
+# Key shapes, wherever they appear in a spec (batch/specread.py scans every string and table name).
 _KEY_VALUE = re.compile(
     r"(?<![A-Za-z0-9])(sk-[A-Za-z0-9_-]{20,}|sk-ant-[A-Za-z0-9_-]{10,}"  # OpenAI, Anthropic
     r"|[rs]k_(live|test)_[A-Za-z0-9]{16,}"  # Stripe

@@ -42,7 +42,7 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _oversight_error(exc: Exception) -> typer.Exit:
-    from .errors import SpecError
+    from ..errors import SpecError
     if isinstance(exc, SpecError):
         return _fail(f"{exc.file}: {exc.key}: {exc.message}")
     return _fail(str(exc))
@@ -51,8 +51,8 @@ def _oversight_error(exc: Exception) -> typer.Exit:
 def _plugins(protocols: list[Path] | None, prompts: list[Path] | None):
     """Load built-in, installed and user protocols; a broken plugin or a missing folder is a
     usage error naming the file (and line)."""
-    from .errors import OversightError
-    from .plugins import load_all
+    from ..api.plugins import load_all
+    from ..errors import OversightError
     try:
         return load_all(protocols or [], prompts or [])
     except OversightError as exc:
@@ -62,8 +62,8 @@ def _plugins(protocols: list[Path] | None, prompts: list[Path] | None):
 def _store(db: str | None, *, create: bool = False):
     """Open the store: read-only unless `create` (a run), so `show`, `report` and the like
     never create, migrate or write to a database. A bad store is a usage error (exit 2)."""
-    from .errors import StoreError
-    from .store import Store
+    from ..errors import StoreError
+    from ..store import Store
     try:
         return Store(db, readonly=not create)
     except StoreError as exc:
@@ -72,7 +72,7 @@ def _store(db: str | None, *, create: bool = False):
 
 def _safe_url(url: str) -> str:
     """A store URL fit to print: a PostgreSQL password never reaches the terminal or logs."""
-    from .store import safe_url
+    from ..store import safe_url
     return safe_url(url)
 
 
@@ -88,7 +88,7 @@ def _resolve_runs(store, refs: list[str]) -> list[str]:
 
 
 def _print_report(store, run_ids: list[str]) -> None:
-    from .analysis import summarise
+    from ..analysis import summarise
     from .render import report_view
     summaries = summarise(store.results(run_ids))
     _console().print(report_view(summaries, [store.run(r) for r in run_ids]))
@@ -107,9 +107,9 @@ def run(spec: Annotated[Path, typer.Argument(metavar="SPEC.toml", help="The batc
         budget_tokens: Annotated[int | None, typer.Option(min=0, metavar="N", help="Override [budget] tokens")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display")] = False) -> None:
     """Run a batch spec; re-running the same spec resumes it (finished episodes are skipped)."""
-    from .errors import OversightError
-    from .preflight import preflight
-    from .spec import load_spec
+    from ..batch.preflight import preflight
+    from ..batch.spec import load_spec
+    from ..errors import OversightError
 
     if limit is not None and limit < 1:
         raise _fail(f"--limit: expected a number of items of at least 1, got {limit}")
@@ -139,11 +139,11 @@ def _execute(loaded, library, db, *, retry_failed: bool, no_cache: bool,
 
     from rich.markup import escape
 
-    from .errors import OversightError, StoreError
+    from ..batch.runner import run_batch
+    from ..batch.workers import LEASE_SECONDS
+    from ..errors import OversightError, StoreError
+    from ..models import Budget
     from .interrupts import run_until_signal
-    from .models import Budget
-    from .runner import run_batch
-    from .workers import LEASE_SECONDS
     budget = None
     if budget_usd is not None or budget_tokens is not None or loaded.spec.budget.usd or loaded.spec.budget.tokens:
         budget = Budget(budget_usd if budget_usd is not None else loaded.spec.budget.usd,
@@ -217,9 +217,9 @@ def _dry_run(loaded, library, db, retry_failed: bool) -> None:
     """What a run would do, from the plans and the store, without a single call."""
     from rich.table import Table
 
-    from .estimate import LOW_FRACTION, estimate
-    from .runner import todo
-    from .store import target_of
+    from ..batch.estimate import LOW_FRACTION, estimate
+    from ..batch.runner import todo
+    from ..store import target_of
     target = target_of(db)
     status = {}
     if "://" in target or Path(target).expanduser().exists():  # a dry run never creates a store
@@ -252,7 +252,7 @@ def _dry_run(loaded, library, db, retry_failed: bool) -> None:
 def cache_explain(call_id: Annotated[int, typer.Argument(metavar="CALL_ID", help="A model_calls id")],
                   db: DbOpt = None) -> None:
     """Explain whether a recorded call was served from the response cache, and why it missed."""
-    from .cache import explain
+    from ..batch.cache import explain
     for line in explain(_store(db), call_id):
         _console().print(line, markup=False)
 
@@ -336,8 +336,8 @@ def report(run_refs: Annotated[list[str], typer.Argument(
 def migrate(db: DbOpt = None) -> None:
     """Upgrade a store's schema to this version of oversight (runs do it themselves; read-only
     commands never do)."""
-    from .errors import StoreError
-    from .store import Store, safe_url, target_of
+    from ..errors import StoreError
+    from ..store import Store, safe_url, target_of
     try:
         Store(db).close()
     except StoreError as exc:

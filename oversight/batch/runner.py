@@ -16,16 +16,16 @@ from typing import Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import __version__
+from .. import __version__
+from ..api.episode import Episode, Message
+from ..api.prompts import PromptLibrary
+from ..api.verdict import Verdict
+from ..errors import OversightError, StoreError
+from ..models import Budget, BudgetExhausted, CallRecord, Model, ModelResponse
+from ..store import JSONText, Store, Writer, messages, model_calls, safe_url, utcnow, verdicts
+from ..store.writer import write_failure
 from .cache import StoreCache
-from .episode import Episode, Message
-from .errors import OversightError, StoreError
-from .models import Budget, BudgetExhausted, CallRecord, Model, ModelResponse
-from .prompts import PromptLibrary
 from .spec import EpisodePlan, LoadedSpec
-from .store import JSONText, Store, Writer, messages, model_calls, safe_url, utcnow, verdicts
-from .store.writer import write_failure
-from .verdict import Verdict
 from .workers import LEASE_SECONDS, Claims, dead_workers, worker_id
 
 MESSAGES, CALLS, VERDICTS = messages, model_calls, verdicts

@@ -6,9 +6,9 @@ that change the output, and a sample index; this module only stores and explains
 
 from __future__ import annotations
 
-from .models import ModelConfig, ModelRequest, ModelResponse, cache_key
-from .models.base import TokenLogprob
-from .store import Store, Writer, utcnow
+from ..models import ModelConfig, ModelRequest, ModelResponse, cache_key
+from ..models.base import TokenLogprob
+from ..store import Store, Writer, utcnow
 
 MAX_SAMPLES_SEARCHED = 64  # how far to look for the sample index of a repeated request
 

@@ -16,12 +16,12 @@ from typing import Any
 
 import jinja2
 
-from .errors import SpecError
+from ..api.prompts import PromptLibrary, TemplateMissing
+from ..api.registry import frame_in, shown
+from ..api.verdict import Verdict
+from ..errors import SpecError
 from .estimate import quiet_unretrieved, run_episode, stand_in_models
-from .prompts import PromptLibrary, TemplateMissing
-from .registry import frame_in, shown
 from .spec import EpisodePlan, LoadedSpec
-from .verdict import Verdict
 
 TRIAL_SECONDS = 30.0  # per trial episode; the stand-ins answer at once
 

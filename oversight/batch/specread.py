@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .errors import SpecError
-from .models.base import _KEY_VALUE, _walk
+from ..errors import SpecError
+from ..models.base import _KEY_VALUE, _walk
 
 MAX_SPEC_BYTES = 16 * 2**20
 

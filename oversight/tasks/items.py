@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from .errors import DataError
+from ..errors import DataError
 
 BUILTIN_DATASETS = ("boolq", "truthfulqa_mc1", "arc_challenge", "quality_hard")
 

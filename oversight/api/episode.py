@@ -15,9 +15,9 @@ from typing import Any, Awaitable, Protocol
 
 from pydantic import BaseModel
 
+from ..models import CallGroup, CallRecord, Model, ModelRequest, ModelResponse, call_group
+from ..tasks.items import Item
 from . import quotes
-from .items import Item
-from .models import CallGroup, CallRecord, Model, ModelRequest, ModelResponse, call_group
 from .prompts import PromptLibrary
 from .registry import ProtocolDef
 from .verdict import Verdict, parse_verdict

@@ -12,10 +12,10 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from .episode import Episode
-from .models import Model, ModelConfig, ModelRequest, ModelResponse, Provider
-from .models.pricing import Price, price_for
-from .prompts import PromptLibrary
+from ..api.episode import Episode
+from ..api.prompts import PromptLibrary
+from ..models import Model, ModelConfig, ModelRequest, ModelResponse, Provider
+from ..models.pricing import Price, price_for
 from .spec import EpisodePlan
 
 LOW_FRACTION = 0.3

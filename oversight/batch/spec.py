@@ -17,13 +17,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .assign import Assignment
-from .episode import DISPOSITIONS
-from .errors import DataError, SpecError
-from .items import BUILTIN_DATASETS, Item, load_dataset
-from .models import PROVIDERS, ModelConfig
-from .models.pricing import price_for
-from .registry import ProtocolDef, frame_in, param_errors, shown
+from ..api.assign import Assignment
+from ..api.episode import DISPOSITIONS
+from ..api.registry import ProtocolDef, frame_in, param_errors, shown
+from ..errors import DataError, SpecError
+from ..models import PROVIDERS, ModelConfig
+from ..models.pricing import price_for
+from ..tasks.items import BUILTIN_DATASETS, Item, load_dataset
 from .specread import env_name, read_spec, refuse_secrets
 
 _INT64 = 2**63  # SQLite and PostgreSQL integers

@@ -16,12 +16,12 @@ import traceback
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from .errors import OversightError
+from ..errors import OversightError
 from .prompts import PromptLibrary
 from .registry import REGISTRY, ProtocolConflict, ProtocolDef, _loading_source, frame_in, shown
 
 ENTRY_POINT_GROUP = "oversight.protocols"
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parents[1]  # the oversight package
 
 
 class PluginError(OversightError):

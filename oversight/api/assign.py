@@ -11,7 +11,7 @@ from typing import Callable
 
 from pydantic import BaseModel, ConfigDict
 
-from .items import Item
+from ..tasks.items import Item
 
 
 class Assignment(BaseModel):

@@ -8,7 +8,7 @@ import os
 import secrets
 import socket
 
-from .store import Store
+from ..store import Store
 
 # How long a worker's claim on an episode lasts without renewal (renewed every quarter of
 # it): a dead worker's episodes are taken over this long after it stopped renewing, or at

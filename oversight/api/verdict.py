@@ -8,7 +8,7 @@ import re
 
 from pydantic import BaseModel
 
-from .models import TokenLogprob
+from ..models import TokenLogprob
 
 _ANSWER = re.compile(r"(?:final\s+)?answer\s*[:=\-]\s*\(?\s*([A-Za-z])\s*\)?(?![A-Za-z])", re.I)
 _CONFIDENCE = re.compile(r"confidence\s*[:=\-]\s*(\d+(?:\.\d+)?)\s*(%?)", re.I)

@@ -1,0 +1,1 @@
+"""The batch engine: specs, pre-flight, the runner and its workers, the response cache."""

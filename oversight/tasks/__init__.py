@@ -1,0 +1,1 @@
+"""Tasks: items of any shape and the datasets they are loaded from."""
