@@ -16,10 +16,12 @@ _EXPORTS = {
     "protocol": "api.registry", "ProtocolDef": "api.registry",
     "Episode": "api.episode", "Agent": "api.episode", "Message": "api.episode",
     "DISPOSITIONS": "api.episode",
-    "Verdict": "api.verdict", "parse_verdict": "api.verdict",
+    "Verdict": "api.decisions", "parse_verdict": "api.decisions", "Decision": "api.decisions",
+    "Decisions": "api.decisions", "Answer": "api.decisions", "Flag": "api.decisions",
+    "Score": "api.decisions", "Label": "api.decisions",
     "Item": "tasks.items", "load_dataset": "tasks.items", "load_jsonl": "tasks.items",
-    "Assignment": "api.assign", "judge_only": "api.assign", "single_advocate": "api.assign",
-    "two_sided": "api.assign",
+    "Assignment": "api.treatments", "judge_only": "api.treatments", "single_advocate": "api.treatments",
+    "two_sided": "api.treatments",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
@@ -35,8 +37,17 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:  # for type checkers and editors
-    from .api.assign import Assignment, judge_only, single_advocate, two_sided  # noqa: F401
+    from .api.decisions import (  # noqa: F401
+        Answer,
+        Decision,
+        Decisions,
+        Flag,
+        Label,
+        Score,
+        Verdict,
+        parse_verdict,
+    )
     from .api.episode import DISPOSITIONS, Agent, Episode, Message  # noqa: F401
     from .api.registry import ProtocolDef, protocol  # noqa: F401
-    from .api.verdict import Verdict, parse_verdict  # noqa: F401
+    from .api.treatments import Assignment, judge_only, single_advocate, two_sided  # noqa: F401
     from .tasks.items import Item, load_dataset, load_jsonl  # noqa: F401

@@ -8,7 +8,8 @@ and Khan et al. 2024 (arXiv:2402.06782), where consultancy is the single-advocat
 from oversight import Episode, Verdict, protocol
 
 
-@protocol(roles=("consultant", "judge"), assign="single_advocate", context=("consultant",))
+@protocol(roles=("consultant", "judge"), decides="judge", assign="single_advocate",
+          context=("consultant",))
 async def consultancy(ep: Episode, rounds: int = 1, words: int = 80) -> Verdict:
     """`rounds` speeches by the consultant, each of at most `words` words, then the verdict."""
     consultant, judge = ep.agents("consultant", "judge")

@@ -10,7 +10,7 @@ quotes, and optionally a judge question between rounds (the interactive judge).
 from oversight import Episode, Verdict, protocol
 
 
-@protocol(roles=("debater_a", "debater_b", "judge"), assign="two_sided",
+@protocol(roles=("debater_a", "debater_b", "judge"), decides="judge", assign="two_sided",
           context=("debater_a", "debater_b"))
 async def debate(ep: Episode, rounds: int = 1, simultaneous: bool = True,
                  judge_questions: bool = False, words: int = 80) -> Verdict:

@@ -175,7 +175,7 @@ CASES: dict[str, Case] = {
         ["myprompts/debate/judge.j2", "role judge", "_base.j2"]),
     "template_for_role_missing": protocol_case(
         "bi_notemplate", user_protocol("bi_notemplate", "return await ep.agent('critic').decide()",
-                                       "roles=('critic', 'judge')"),
+                                       "roles=('critic', 'judge'), decides='judge'"),
         ["bi_notemplate/critic.j2", "protocols[0] (bi_notemplate), role critic", "no template"]),
     "template_only_in_sweep_variant": template_case(
         {"debate/judge_question.j2": judge_template("{{ nope }}")},
@@ -189,9 +189,9 @@ CASES: dict[str, Case] = {
     "protocol_unknown_role_at_run": protocol_case(
         "bi_norole", user_protocol("bi_norole", "return await ep.agent('jduge').decide()"),
         ["p.py:5", "protocols[0] (bi_norole)", "no role 'jduge'"]),
-    "protocol_returns_no_verdict": protocol_case(
-        "bi_none", user_protocol("bi_none", "await ep.agent('judge').decide()"),
-        ["p.py:3", "protocols[0] (bi_none)", "returned NoneType, expected a Verdict"]),
+    "protocol_returns_something_else": protocol_case(
+        "bi_none", user_protocol("bi_none", "await ep.agent('judge').decide()\n        return 'done'"),
+        ["p.py:3", "protocols[0] (bi_none)", "returned str; a protocol returns nothing"]),
     # -- D6: prompt and protocol folders ----------------------------------------------------
     "prompts_folder_missing": lambda w: ([w.spec(), "--prompts", "nope"],
                                          ["error: nope: --prompts: prompt folder not found"], None),
@@ -321,8 +321,9 @@ CASES: dict[str, Case] = {
                                     ["d.jsonl:1", "'choices'"]),
     "dataset_answer_out_of_range": data_case(json.dumps({**ITEMS[0], "answer_index": 2}) + "\n",
                                              ["d.jsonl:1", "'answer_index'"]),
+    # CSV loads (cells holding JSON are read as JSON); "a|b" is not a list of choices
     "dataset_csv": data_case("id,question,choices,answer_index\nq1,Why?,a|b,0\n",
-                             ["d.csv:1", "invalid JSON"], name="d.csv"),
+                             ["d.csv:2", "'choices'"], name="d.csv"),
     "dataset_nul": data_case(json.dumps({**ITEMS[0], "question": "a\x00b"}) + "\n", ["d.jsonl:1", "NUL"]),
     "dataset_is_a_device": spec_case(["data.datasets[0]: ", "not a regular file"],
                                      data='datasets = ["/dev/zero"]'),
@@ -343,9 +344,14 @@ CASES: dict[str, Case] = {
     "protocol_judge_not_a_role": protocol_case(
         "bi_judge", user_protocol("bi_judge", decorator="roles=('a', 'b'), judge='c'"),
         ["p.py:3: cannot load protocols: TypeError", "'c' is not one of"]),
+    # checked when the decorator runs: two_sided assigns two advocates, the protocol has three
     "protocol_schedule_needs_two_advocates": protocol_case(
-        "bi_adv", user_protocol("bi_adv", decorator="roles=('a', 'b', 'c', 'judge'), assign='two_sided'"),
-        ["p.py:3: protocols[0] (bi_adv)", "assign.py", "schedule 'two_sided' failed", "ValueError"]),
+        "bi_adv", user_protocol("bi_adv", decorator="roles=('a', 'b', 'c', 'judge'), "
+                                "decides='judge', assign='two_sided'"),
+        ["p.py:3", "cannot load protocols", "assigns answers to 2 advocate(s)", "('a', 'b', 'c')"]),
+    "protocol_decider_not_named": protocol_case(
+        "bi_nodecider", user_protocol("bi_nodecider", decorator="roles=('critic', 'judge')"),
+        ["p.py:3", "name the role whose answer is the protocol's with decides="]),
     "role_the_protocol_lacks": spec_case(["protocols[0].roles.critic: ", "has no role 'critic'"],
                                          protocols='[[protocols]]\nname = "direct"\nroles = { critic = "m" }\n'),
     "top_level_role_no_protocol_has": spec_case(["roles.jduge: ", "no protocol in this spec"],

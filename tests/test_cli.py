@@ -245,7 +245,7 @@ def test_runs_protocols_and_show(work):
     out = show.stdout
     assert "What did the baker sell?" in out and "Bread  ★ gold" in out
     assert "hidden context" in out and "The baker sold fresh bread" in out
-    assert "A (incorrect)" in out and "misaligned" in out
+    assert "A (incorrect)" in out and "told to misbehave" in out
     assert "✗ “the moon is made of cheese”" in out  # forged <v_quote>: not verified
     assert "near-miss" in out  # "fresh bred" vs "fresh bread"
     assert "chosen: A) Fish" in out and "✗ incorrect" in out

@@ -10,8 +10,14 @@ import pytest
 from oversight.errors import DataError
 from oversight.tasks.items import BUILTIN_DATASETS, builtin_path, load_dataset, load_jsonl
 
-EXPECTED_ROWS = {"boolq": 300, "truthfulqa_mc1": 300, "arc_challenge": 300, "quality_hard": 12}
+EXPECTED_ROWS = {"boolq": 300, "truthfulqa_mc1": 300, "arc_challenge": 300, "quality_hard": 12,
+                 "mmlu_redux_errors": 300, "sycophancy_anthropic": 150}
 WITH_CONTEXT = {"boolq", "quality_hard"}
+# The flagging sets and gsm8k: (rows, kind, labels, how many items the dataset labels bad)
+OTHER_SHAPES = {"gsm8k": (300, "answer", None, None),
+                "quixbugs_python": (80, "label", ("buggy", "correct"), 40),
+                "bigbench_mistake": (300, "label", ("mistake", "no_mistake"), 246),
+                "lie_detector_statements": (300, "label", ("truthful", "lie"), 150)}
 
 
 def good_row(i: int = 1, **over) -> dict:
@@ -107,14 +113,15 @@ def test_invalid_json_on_line_3(tmp_path):
     assert "invalid JSON" in str(e.value)
 
 
-def test_missing_answer_index(tmp_path):
+@pytest.mark.parametrize("absent", ["delete", None])
+def test_a_choice_item_without_an_answer_has_no_gold(tmp_path, absent):
     row = good_row(2)
-    del row["answer_index"]
-    path = write_rows(tmp_path / "bad.jsonl", [good_row(1), row])
-    with pytest.raises(DataError) as e:
-        load_jsonl(path)
-    assert_data_error(e.value, path, 2, "answer_index")
-    assert "missing" in str(e.value)
+    if absent == "delete":
+        del row["answer_index"]
+    else:
+        row["answer_index"] = None
+    item = load_jsonl(write_rows(tmp_path / "d.jsonl", [good_row(1), row]))[1]
+    assert (item.kind, item.target, item.answer_index) == ("choice", None, None)
 
 
 @pytest.mark.parametrize("value", [3, -1, 100])
@@ -140,7 +147,7 @@ def test_bool_answer_index_is_rejected(tmp_path, value):
     assert_data_error(e.value, path, 1, "answer_index")
 
 
-@pytest.mark.parametrize("value", ["1", 1.0, None])
+@pytest.mark.parametrize("value", ["1", 1.0, "maybe not"])
 def test_non_integer_answer_index_is_rejected(tmp_path, value):
     path = write_rows(tmp_path / "bad.jsonl", [good_row(1, answer_index=value)])
     with pytest.raises(DataError) as e:
@@ -148,7 +155,7 @@ def test_non_integer_answer_index_is_rejected(tmp_path, value):
     assert_data_error(e.value, path, 1, "answer_index")
 
 
-@pytest.mark.parametrize("value", ["yes, no", {"a": "yes"}, ["only one"], ["ok", 2], None])
+@pytest.mark.parametrize("value", ["yes, no", {"a": "yes"}, ["only one"], ["ok", 2]])
 def test_choices_must_be_a_list_of_two_or_more_strings(tmp_path, value):
     path = write_rows(tmp_path / "bad.jsonl", [good_row(1), good_row(2), good_row(3, choices=value)])
     with pytest.raises(DataError) as e:
@@ -212,3 +219,84 @@ def test_mapping_errors_name_the_schema_field(tmp_path):
     with pytest.raises(DataError) as e:
         load_dataset(str(path), mapping={"label": "answer_index"})
     assert_data_error(e.value, path, 1, "answer_index")
+
+
+def test_the_target_may_be_given_as_the_choices_text(tmp_path):
+    item = load_jsonl(write_rows(tmp_path / "d.jsonl", [good_row(1, answer_index="maybe")]))[0]
+    assert item.target == 2
+
+
+# -- items of any shape ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(OTHER_SHAPES))
+def test_flagging_sets_and_gsm8k_load_with_their_profiles(name):
+    rows, kind, labels, bad = OTHER_SHAPES[name]
+    items = load_dataset(name)
+    assert len(items) == rows and {it.kind for it in items} == {kind}
+    assert all(it.input.strip() for it in items)
+    if labels:
+        assert {it.target for it in items} == set(labels) and all(it.labels == labels for it in items)
+        assert sum(bool(it.bad) for it in items) == bad
+        assert all(it.target == it.label for it in items)
+    else:
+        assert all(it.target and it.bad is None and it.choices is None for it in items)
+
+
+def test_every_source_field_is_kept_and_reachable():
+    bug = load_dataset("quixbugs_python")[0]
+    assert bug.input == bug.code_stripped and bug.code != bug.code_stripped  # the docstring tell
+    assert bug.pair_id == bug.fields["pair_id"] and bug.program == "bitcount"
+    lie = load_dataset("lie_detector_statements")[0]
+    assert lie.response and lie.false_statement and lie.input == lie.fields["question"]
+    mistake = load_dataset("bigbench_mistake")[0]
+    assert mistake.target in ("mistake", "no_mistake")
+    assert mistake.fields["target"] != mistake.target  # the task's own gold answer is kept
+    with pytest.raises(AttributeError, match="no field 'nope'"):
+        bug.nope  # noqa: B018
+
+
+def test_sycophancy_target_is_the_answer_that_does_not_match_the_users_view():
+    for it in load_dataset("sycophancy_anthropic"):
+        assert it.choices == ("(A)", "(B)")
+        assert it.choices[it.target] == it.answer_not_matching_behavior.strip()
+        assert it.label == it.answer_matching_behavior.strip()
+
+
+def test_mmlu_redux_labels_a_wrong_key_bad():
+    items = load_dataset("mmlu_redux_errors")
+    assert sum(bool(it.bad) for it in items) == 107  # wrong_groundtruth rows
+    assert all(it.kind == "choice" and it.target is not None for it in items)
+
+
+def test_fields_and_constants_make_any_file_an_item_set(tmp_path):
+    rows = [{"uid": 1, "statement": "Water boils at 50C.", "verdict": "false"},
+            {"uid": 2, "statement": "Paris is in France.", "verdict": "true"}]
+    path = write_rows(tmp_path / "claims.jsonl", rows)
+    items = load_dataset(str(path), fields={"id": "uid", "input": "statement", "target": "verdict",
+                                            "label": "verdict"},
+                         constants={"labels": ["true", "false"], "bad_labels": ["false"],
+                                    "source": "hand-written"})
+    assert [(it.id, it.kind, it.target, it.bad, it.source) for it in items] == [
+        ("1", "label", "false", True, "hand-written"), ("2", "label", "true", False, "hand-written")]
+
+
+@pytest.mark.parametrize("fields, constants, field, message", [
+    ({"target": "verdict"}, {"labels": ["yes", "no"]}, "verdict", "one of labels"),
+    ({}, {"labels": ["a", "b"], "bad_labels": ["c"]}, "constants.bad_labels", "not one of labels"),
+    ({"input": "missing_field"}, {}, "missing_field", "missing"),
+    ({}, {"labels": "ab"}, "constants.labels", "list of non-empty strings"),
+])
+def test_profile_errors_name_the_source_field(tmp_path, fields, constants, field, message):
+    path = write_rows(tmp_path / "c.jsonl", [{"id": 1, "input": "x", "verdict": "maybe"}])
+    with pytest.raises(DataError) as e:
+        load_dataset(str(path), fields=fields, constants=constants)
+    assert e.value.field == field and message in str(e.value)
+
+
+def test_csv_files_load(tmp_path):
+    path = tmp_path / "q.csv"
+    path.write_text('id,question,choices,answer_index\n1,Why?,"[""a"", ""b""]",1\n2,How?,,\n',
+                    encoding="utf-8")
+    items = load_jsonl(path)
+    assert [(it.id, it.kind, it.choices, it.target) for it in items] == [
+        ("1", "choice", ("a", "b"), 1), ("2", "answer", None, None)]

@@ -106,7 +106,7 @@ def test_messages_are_stored_in_speaking_order_with_rounds(tmp_path):
                         "WHERE episode_id = ? ORDER BY idx", ep_id)
         assert [(m["idx"], m["role"], m["kind"], m["round"]) for m in msgs] == [
             (0, "debater_a", "speech", 1), (1, "debater_b", "speech", 1),
-            (2, "debater_a", "speech", 2), (3, "debater_b", "speech", 2), (4, "judge", "verdict", None)]
+            (2, "debater_a", "speech", 2), (3, "debater_b", "speech", 2), (4, "judge", "decision", None)]
         assert msgs[0]["content"].startswith("ALPHA-R1") and msgs[3]["content"].startswith("BRAVO-R2")
 
 
@@ -186,8 +186,8 @@ def test_debate_runs_both_orders_per_item(tmp_path):
         b_correct = p2 if a_correct is p1 else p1
         assert a_correct.assignment.answers == {"debater_a": gold, "debater_b": 1 - gold}
         assert b_correct.assignment.answers == {"debater_a": 1 - gold, "debater_b": gold}
-        assert a_correct.misaligned == ["debater_b"] and b_correct.misaligned == ["debater_a"]
-    stored = rows(db, "SELECT item_id, assignment, misaligned FROM episodes")
+        assert a_correct.intent == ["debater_b"] and b_correct.intent == ["debater_a"]
+    stored = rows(db, "SELECT item_id, assignment, intent FROM episodes")
     assert len(stored) == 10
     for key in by_item:
         flags = sorted(json.loads(r["assignment"])["debater_a"]["correct"]
@@ -207,7 +207,7 @@ def test_consultancy_runs_correct_and_incorrect_halves(tmp_path):
         for p in mine:
             right = p.assignment.answers["consultant"] == item.answer_index
             assert right == (p.assignment.label == "correct")
-            assert p.misaligned == ([] if right else ["consultant"])
+            assert p.intent == ([] if right else ["consultant"])
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +221,7 @@ def user_protocols(tmp_path_factory):
         import os
         from oversight import Episode, Verdict, protocol
 
-        @protocol(roles=("side_a", "side_b", "judge"), assign="two_sided")
+        @protocol(roles=("side_a", "side_b", "judge"), decides="judge", assign="two_sided")
         async def t_blind_two_sided(ep: Episode) -> Verdict:
             return await ep.agent("judge").decide()
 
@@ -356,16 +356,16 @@ def test_garbage_verdict_is_recorded_not_scored(tmp_path):
     assert res.summary.counts == {"done": 3}
     assert res.summary.status == "finished"
     got = {r["item_id"]: r for r in rows(db, "SELECT e.item_id, e.status, e.error, v.* FROM episodes e "
-                                             "JOIN verdicts v ON v.episode_id = e.id")}
+                                             "JOIN decisions v ON v.episode_id = e.id")}
     assert len(got) == 3
     g = got[bad.key]
     assert g["status"] == "done" and g["error"] is None
-    assert g["parsed"] == 0 and g["correct"] is None and g["chosen"] is None
+    assert g["parsed"] == 0 and g["correct"] is None and g["choice"] is None
     assert g["probabilities"] is None
     assert g["raw"] == "Hmm. Blue is a nice colour, I think?"
     for it in (items[0], items[2]):
         r = got[it.key]
-        assert r["parsed"] == 1 and r["chosen"] == 0
+        assert r["parsed"] == 1 and r["choice"] == 0
         assert r["correct"] == int(it.answer_index == 0)
         assert json.loads(r["probabilities"])[0] == pytest.approx(0.7)
 
@@ -400,11 +400,11 @@ def test_schemer_overlay_and_ground_truth(tmp_path):
         for a in (0, 1):
             assert overlay("schemer", answer=a, choices=list(item.choices)) not in \
                 flat("\n".join(c for _, c in req.messages))
-    eps = rows(db, "SELECT assignment, dispositions, misaligned FROM episodes ORDER BY id")
+    eps = rows(db, "SELECT assignment, dispositions, intent FROM episodes ORDER BY id")
     assert len(eps) == 2
     for e in eps:
         assert json.loads(e["dispositions"]) == {"consultant": "schemer", "judge": "honest"}
-        assert json.loads(e["misaligned"]) == ["consultant"]  # a schemer even when assigned right
+        assert json.loads(e["intent"]) == ["consultant"]  # a schemer even when assigned right
     assert sorted(json.loads(e["assignment"])["consultant"]["correct"] for e in eps) == [False, True]
 
 
@@ -416,10 +416,10 @@ def test_honest_consultant_is_misaligned_only_when_assigned_wrong(tmp_path):
         system = flat(req.messages[0][1])
         assert overlay("sycophant") not in system
         assert all(overlay("schemer", answer=a, choices=choices) not in system for a in (0, 1))
-    eps = rows(db, "SELECT assignment, misaligned FROM episodes")
+    eps = rows(db, "SELECT assignment, intent FROM episodes")
     for e in eps:
         correct = json.loads(e["assignment"])["consultant"]["correct"]
-        assert json.loads(e["misaligned"]) == ([] if correct else ["consultant"])
+        assert json.loads(e["intent"]) == ([] if correct else ["consultant"])
 
 
 def test_sycophant_overlay(tmp_path):
@@ -429,12 +429,22 @@ def test_sycophant_overlay(tmp_path):
     assert all(overlay("sycophant") not in flat(req.messages[0][1]) for req in res.calls("j"))
 
 
-def test_invalid_disposition_names_the_key(tmp_path):
+def test_a_disposition_without_an_overlay_names_the_key_before_any_call(tmp_path):
+    """Dispositions are open (a protocol may ship its own overlays), so an unknown one is
+    caught by the pre-flight: no overlay template for it, in the protocol's folder or shared."""
+    from oversight.batch.preflight import preflight
+
     spec = consultancy_spec(tmp_path, {"consultant": "villain"})
+    loaded = load(spec)  # a well-formed name
+    _, library = load_all()
     with pytest.raises(SpecError) as e:
-        load(spec)
+        preflight(loaded, library)
     assert e.value.key == "protocols[0].dispositions.consultant"
-    assert "villain" in str(e.value) and "schemer" in str(e.value) and str(spec) in str(e.value)
+    assert "villain" in str(e.value) and "consultancy/_dispositions/villain.j2" in str(e.value)
+    assert str(spec) in str(e.value)
+    bad = consultancy_spec(tmp_path, {"consultant": "not a name!"})
+    with pytest.raises(SpecError, match="protocols.0..dispositions.consultant"):
+        load(bad)
 
 
 def test_disposition_for_an_unknown_role_names_the_dispositions_key(tmp_path):
@@ -462,7 +472,7 @@ def test_failing_protocol_is_recorded_and_retried_only_on_request(tmp_path, user
     failed = eps[items[1].key]
     assert failed["status"] == "failed"
     assert failed["error"] == f"RuntimeError: boom on {items[1].id}"
-    assert scalar(db, "SELECT COUNT(*) FROM verdicts WHERE episode_id = ?", failed["id"]) == 0
+    assert scalar(db, "SELECT COUNT(*) FROM decisions WHERE episode_id = ?", failed["id"]) == 0
     for it in (items[0], items[2]):
         assert eps[it.key]["status"] == "done" and eps[it.key]["error"] is None
     assert scalar(db, "SELECT status FROM runs") == "incomplete"
@@ -483,7 +493,7 @@ def test_failing_protocol_is_recorded_and_retried_only_on_request(tmp_path, user
     # The failed attempt's message and call were replaced, not added to.
     assert scalar(db, "SELECT COUNT(*) FROM messages WHERE episode_id = ?", failed["id"]) == 1
     assert scalar(db, "SELECT COUNT(*) FROM model_calls WHERE episode_id = ?", failed["id"]) == 1
-    assert scalar(db, "SELECT COUNT(*) FROM verdicts") == 3
+    assert scalar(db, "SELECT COUNT(*) FROM decisions") == 3
     assert scalar(db, "SELECT status FROM runs") == "finished"
 
 
@@ -533,7 +543,7 @@ def test_judge_question_is_seen_by_debaters_in_the_next_round(tmp_path):
                      "(SELECT MIN(id) FROM episodes) ORDER BY idx")
     assert [(k["role"], k["kind"], k["round"]) for k in kinds] == [
         ("debater_a", "speech", 1), ("debater_b", "speech", 1), ("judge", "question", 1),
-        ("debater_a", "speech", 2), ("debater_b", "speech", 2), ("judge", "verdict", None)]
+        ("debater_a", "speech", 2), ("debater_b", "speech", 2), ("judge", "decision", None)]
 
 
 def test_no_judge_question_after_the_last_round(tmp_path):

@@ -141,8 +141,8 @@ def test_unstorable_replies_never_stop_the_writer(tmp_path):
     big = by_item[loaded.items[11].key]
     assert big["status"] == "failed" and "could not store a" in big["error"]
     assert "OverflowError" in big["error"]
-    assert scalar(db, "SELECT count(*) FROM verdicts WHERE episode_id = ?", big["id"]) == 0
-    assert scalar(db, "SELECT count(*) FROM verdicts") == 19
+    assert scalar(db, "SELECT count(*) FROM decisions WHERE episode_id = ?", big["id"]) == 0
+    assert scalar(db, "SELECT count(*) FROM decisions") == 19
 
 
 @pytest.mark.slow

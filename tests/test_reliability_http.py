@@ -39,7 +39,7 @@ def check_nothing_lost(db, loaded, received: int) -> dict[str, int]:
         if e["status"] == "failed":
             assert e["error"] and "Cancelled" not in e["error"], e["error"]
         else:
-            assert q(db, "SELECT count(*) AS n FROM verdicts WHERE episode_id = ?",
+            assert q(db, "SELECT count(*) AS n FROM decisions WHERE episode_id = ?",
                      e["id"])[0]["n"] == 1
     real = q(db, "SELECT count(*) AS n FROM model_calls WHERE cache_hit = 0")[0]["n"]
     assert real == received  # every request that reached the server left a row

@@ -125,7 +125,7 @@ def check_consistent(db: Path, loaded, *, allowed=("done", "failed"),
         assert e["status"] in allowed, (e["id"], e["status"], e["error"])
         calls = q(db, "SELECT * FROM model_calls WHERE episode_id = ?", e["id"])
         msgs = q(db, "SELECT count(*) AS n FROM messages WHERE episode_id = ?", e["id"])[0]["n"]
-        verdicts = q(db, "SELECT count(*) AS n FROM verdicts WHERE episode_id = ?", e["id"])[0]["n"]
+        verdicts = q(db, "SELECT count(*) AS n FROM decisions WHERE episode_id = ?", e["id"])[0]["n"]
         ok = [c for c in calls if c["error"] is None]
         assert e["n_calls"] == sum(not c["cache_hit"] for c in calls), (e["id"], e["status"])
         assert e["cache_hits"] == sum(bool(c["cache_hit"]) for c in calls), e["id"]
@@ -416,7 +416,7 @@ def test_kill_9_then_resume_does_exactly_the_missing_episodes(tmp_path, server):
     assert all(e["status"] in ("done", "running", "pending") for e in eps)
     assert sum(e["status"] == "running" for e in eps) <= concurrency
     for e in done_before.values():
-        assert q(db, "SELECT count(*) AS n FROM verdicts WHERE episode_id = ?",
+        assert q(db, "SELECT count(*) AS n FROM decisions WHERE episode_id = ?",
                  e["id"])[0]["n"] == 1
     calls_before = calls_per_episode(db)
     n_requests = len(srv.requests)

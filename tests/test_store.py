@@ -19,7 +19,7 @@ from oversight.tasks.items import load_dataset
 
 VERDICT = "Answer: A\nConfidence: 70%"
 DATA = Path(__file__).parent / "data"
-CONTENT_TABLES = ("runs", "items", "episodes", "messages", "model_calls", "verdicts")
+CONTENT_TABLES = ("runs", "items", "episodes", "messages", "model_calls", "decisions")
 
 
 def table_names(db: Path) -> set[str]:
@@ -134,15 +134,21 @@ def test_an_appended_migration_upgrades_an_existing_database_keeping_rows(tmp_pa
 
 
 def test_a_version_1_database_upgrades_with_nothing_lost(tmp_path):
-    """tests/data/store_v1.sql: a database written by version 1 (m001 only), as a SQL dump."""
+    """tests/data/store_v1.sql: a database written by version 1 (m001 only), as a SQL dump.
+    m005 reshapes items (question -> input, answer_index -> target), renames misaligned to
+    intent and moves verdicts into decisions: every value is still there."""
     db = tmp_path / "v1.db"
     con = sqlite3.connect(db)
     con.executescript((DATA / "store_v1.sql").read_text(encoding="utf-8"))
     con.close()
     assert [r["name"] for r in rows(db, "SELECT name FROM schema_migrations")] == ["m001_initial"]
-    before = {t: dump(db, t) for t in CONTENT_TABLES}
-    old_cols = {t: columns(db, t) for t in CONTENT_TABLES}
-    assert all(before[t] for t in ("runs", "episodes", "messages", "verdicts"))
+    same = ("runs", "messages", "model_calls")
+    before = {t: dump(db, t) for t in same}
+    old_cols = {t: columns(db, t) for t in same}
+    old_items = rows(db, "SELECT * FROM items ORDER BY id")
+    old_episodes = rows(db, "SELECT * FROM episodes ORDER BY id")
+    old_verdicts = rows(db, "SELECT * FROM verdicts ORDER BY episode_id")
+    assert all(before[t] for t in ("runs", "messages")) and old_items and old_verdicts
 
     store = Store(db)
     try:
@@ -150,13 +156,32 @@ def test_a_version_1_database_upgrades_with_nothing_lost(tmp_path):
             {m.__name__ for m in MIGRATIONS}
         for name, table in metadata.tables.items():
             assert set(table.columns.keys()) <= set(columns(db, name)), name
-        for t in CONTENT_TABLES:
+        assert "verdicts" not in table_names(db)
+        for t in same:
             assert dump(db, t, old_cols[t]) == before[t], t
+        new_items = rows(db, "SELECT * FROM items ORDER BY id")
+        assert [(i["id"], i["dataset"], i["question"], i["choices"], i["answer_index"], i["context"],
+                 i["source"], i["license"], i["meta"]) for i in old_items] == \
+            [(i["id"], i["dataset"], i["input"], i["choices"], int(i["target"]), i["context"],
+              i["source"], i["license"], i["meta"]) for i in new_items]
+        assert {i["kind"] for i in new_items} == {"choice"}
+        new_episodes = rows(db, "SELECT * FROM episodes ORDER BY id")
+        assert [e["misaligned"] for e in old_episodes] == [e["intent"] for e in new_episodes]
+        made = rows(db, "SELECT * FROM decisions ORDER BY episode_id, idx")
+        assert [(v["episode_id"], v["role"], v["parsed"], v["chosen"], v["probabilities"],
+                 v["prob_source"], v["correct"], v["rationale"], v["raw"], v["created_at"])
+                for v in old_verdicts] == \
+            [(d["episode_id"], d["role"], d["parsed"], d["choice"], d["probabilities"], d["source"],
+              d["correct"], d["rationale"], d["raw"], d["created_at"]) for d in made]
+        assert {d["kind"] for d in made} == {"answer"}
+        assert {e["decides"] for e in new_episodes if e["status"] == "done"} == {"judge"}
         # Old rows read back through today's code.
         run_id = rows(db, "SELECT id FROM runs")[0]["id"]
         results = store.results([run_id])
-        assert len(results) == len(before["episodes"])
-        assert any(r["parsed"] for r in results)
+        assert len(results) == len(old_episodes)
+        assert sum(bool(r["parsed"]) for r in results) == sum(bool(v["parsed"]) for v in old_verdicts)
+        with store.engine.begin() as conn:  # foreign keys still hold after the rebuild
+            assert conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall() == []
     finally:
         store.close()
 
@@ -175,7 +200,7 @@ def test_resume_makes_zero_calls_and_writes_nothing(tmp_path):
     assert scalar(db, "SELECT COUNT(*) FROM model_calls") == expected_calls
     assert scalar(db, "SELECT SUM(n_calls) FROM episodes") == expected_calls
     before = counts(db)
-    snapshot = {t: dump(db, t) for t in ("episodes", "messages", "model_calls", "verdicts")}
+    snapshot = {t: dump(db, t) for t in ("episodes", "messages", "model_calls", "decisions")}
 
     second = run(spec, db)
     assert second.total_calls() == 0
@@ -193,16 +218,16 @@ def test_an_episode_left_running_is_redone_cleanly(tmp_path):
     ep = rows(db, "SELECT id, key FROM episodes WHERE protocol = 'debate' ORDER BY id LIMIT 1")[0]
     n_msgs = scalar(db, "SELECT COUNT(*) FROM messages WHERE episode_id = ?", ep["id"])
     assert n_msgs == 5
-    # Simulate a kill -9 mid-episode: status still 'running', the judge never spoke, no verdict.
+    # Simulate a kill -9 mid-episode: status still 'running', the judge never spoke, no decision.
     con = sqlite3.connect(db)
     with con:
         con.execute("UPDATE episodes SET status = 'running', finished_at = NULL WHERE id = ?", (ep["id"],))
-        con.execute("DELETE FROM verdicts WHERE episode_id = ?", (ep["id"],))
+        con.execute("DELETE FROM decisions WHERE episode_id = ?", (ep["id"],))
         con.execute("DELETE FROM messages WHERE episode_id = ? AND role = 'judge'", (ep["id"],))
         con.execute("DELETE FROM model_calls WHERE episode_id = ? AND role = 'judge'", (ep["id"],))
     con.close()
-    # (column 1 of messages and verdicts is episode_id)
-    others = {t: [r for r in dump(db, t) if r[1] != ep["id"]] for t in ("messages", "verdicts")}
+    # (column 1 of messages and decisions is episode_id)
+    others = {t: [r for r in dump(db, t) if r[1] != ep["id"]] for t in ("messages", "decisions")}
 
     again = run(spec, db)
     assert again.summary.counts == {"done": 1}
@@ -214,10 +239,10 @@ def test_an_episode_left_running_is_redone_cleanly(tmp_path):
     assert [m["idx"] for m in msgs] == [0, 1, 2, 3, 4]  # partial messages removed, not duplicated
     assert msgs[-1]["role"] == "judge"
     assert scalar(db, "SELECT COUNT(*) FROM model_calls WHERE episode_id = ?", ep["id"]) == 5
-    assert scalar(db, "SELECT COUNT(*) FROM verdicts WHERE episode_id = ?", ep["id"]) == 1
+    assert scalar(db, "SELECT COUNT(*) FROM decisions WHERE episode_id = ?", ep["id"]) == 1
     assert scalar(db, "SELECT n_calls FROM episodes WHERE id = ?", ep["id"]) == 5
     # Nothing else was touched.
-    after = {t: [r for r in dump(db, t) if r[1] != ep["id"]] for t in ("messages", "verdicts")}
+    after = {t: [r for r in dump(db, t) if r[1] != ep["id"]] for t in ("messages", "decisions")}
     assert after == others
     assert scalar(db, "SELECT status FROM runs") == "finished"
 
@@ -234,7 +259,7 @@ def test_a_redone_episodes_replaced_calls_still_count_as_spent(tmp_path):
     with con:  # priced calls, then a kill -9 after the debaters spoke
         con.execute("UPDATE model_calls SET cost_usd = 0.25")
         con.execute("UPDATE episodes SET status = 'running', finished_at = NULL WHERE id = ?", (ep_id,))
-        con.execute("DELETE FROM verdicts WHERE episode_id = ?", (ep_id,))
+        con.execute("DELETE FROM decisions WHERE episode_id = ?", (ep_id,))
         con.execute("DELETE FROM model_calls WHERE episode_id = ? AND role = 'judge'", (ep_id,))
     con.close()
     killed_tokens = scalar(db, "SELECT SUM(tokens_in + tokens_out) FROM model_calls WHERE episode_id = ?", ep_id)
@@ -263,7 +288,7 @@ def test_other_incomplete_states_are_redone(tmp_path, state):
     con = sqlite3.connect(db)
     with con:
         ep_id = con.execute("SELECT id FROM episodes WHERE protocol = 'direct'").fetchone()[0]
-        con.execute("DELETE FROM verdicts WHERE episode_id = ?", (ep_id,))
+        con.execute("DELETE FROM decisions WHERE episode_id = ?", (ep_id,))
         con.execute("UPDATE episodes SET status = ? WHERE id = ?", (state, ep_id))
     con.close()
     again = run(spec, db)

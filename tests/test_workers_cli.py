@@ -82,7 +82,7 @@ def one_call_each(db: Path) -> None:
     """Every episode done, each with exactly one call, one message and one verdict."""
     for e in rows(db, "SELECT * FROM episodes"):
         assert e["status"] == "done", (e["id"], e["status"], e["error"])
-        for table in ("model_calls", "messages", "verdicts"):
+        for table in ("model_calls", "messages", "decisions"):
             assert scalar(db, f"SELECT count(*) FROM {table} WHERE episode_id = ?", e["id"]) == 1
 
 

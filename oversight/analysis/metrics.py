@@ -1,7 +1,9 @@
 """Metrics from result rows (Store.results()): plain dicts in, numbers out.
 
-Knows nothing of protocols beyond the columns. An unparsed verdict is counted and excluded,
-never scored: a group with no parsed verdict has no accuracy (None), not 0.
+Knows nothing of protocols beyond the columns. A row's answer is the deciding role's last
+answer decision in a finished episode. An unparsed answer is counted and excluded, never
+scored; so is one with no gold to compare with: a group with nothing scored has no accuracy
+(None), not 0.
 """
 
 from __future__ import annotations
@@ -58,15 +60,18 @@ def bootstrap_ci(values: Sequence[float], stat: Callable = np.mean, n_resamples:
     return float(lo), float(hi)
 
 
-def _has_verdict(row: dict) -> bool:
-    return row.get("parsed") is not None
+def _answered(row: dict) -> bool:
+    """A finished episode whose deciding role gave an answer (parsed or not)."""
+    return row.get("status", "done") == "done" and row.get("parsed") is not None
 
 
 def accuracy(rows: Iterable[dict], **bootstrap: Any) -> Estimate:
-    """Judge accuracy over parsed verdicts; rows without a verdict (failed) are ignored."""
-    rows = [r for r in rows if _has_verdict(r)]
-    scored = [1.0 if r["correct"] else 0.0 for r in rows if r["parsed"]]
-    unparsed = len(rows) - len(scored)
+    """Fraction of parsed answers that are correct, over finished episodes with an answer;
+    unparsed answers are counted (`unparsed`) and excluded, answers with no gold to compare
+    with (correct is None) are excluded; failed episodes are ignored."""
+    rows = [r for r in rows if _answered(r)]
+    scored = [1.0 if r["correct"] else 0.0 for r in rows if r["parsed"] and r.get("correct") is not None]
+    unparsed = sum(1 for r in rows if not r["parsed"])
     if not scored:
         return Estimate(None, None, None, 0, unparsed)
     lo, hi = bootstrap_ci(scored, **bootstrap)
@@ -126,7 +131,7 @@ def summarise(rows: Iterable[dict], **bootstrap: Any) -> list[dict]:
         # None unless every episode that ran has a known price: never a silent underestimate
         costs = [r.get("cost_usd") for r in ran]
         cost = sum(costs) if ran and None not in costs else None
-        n_correct = sum(1 for r in g if r.get("correct"))
+        n_correct = sum(1 for r in g if r.get("correct") and _answered(r))
         out.append({
             "run_id": run_id, "variant": variant, "protocol": g[0]["protocol"],
             **_counts(g), **_acc_fields(accuracy(g, **bootstrap)),

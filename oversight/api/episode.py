@@ -1,7 +1,8 @@
 """Episode and Agent: what a protocol works with.
 
-An Episode is one protocol run on one item under one assignment. It owns the transcript and
-decides who may see what; every message is handed to the recorder (the store) as it is made.
+An Episode is one protocol run on one item under one treatment. It owns the transcript and
+decides who may see what; every message and every decision is handed to the recorder (the
+store) as it is made.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import asyncio
 import contextvars
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Protocol
 
 from pydantic import BaseModel
@@ -18,10 +19,12 @@ from pydantic import BaseModel
 from ..models import CallGroup, CallRecord, Model, ModelRequest, ModelResponse, call_group
 from ..tasks.items import Item
 from . import quotes
+from .decisions import Answer, Ask, Decision, Decisions, Flag, Label, Score
 from .prompts import PromptLibrary
 from .registry import ProtocolDef
-from .verdict import Verdict, parse_verdict
 
+# The shared overlays (prompts/_dispositions/); a protocol may add its own (backdoor, collude…)
+# in prompts/<protocol>/_dispositions/.
 DISPOSITIONS = ("honest", "sycophant", "schemer")
 
 # Messages an agent may see are cut at this transcript length while a simultaneous round
@@ -48,6 +51,7 @@ class Message:
 class Recorder(Protocol):
     async def message(self, message: Message, response: ModelResponse | None, latency: float) -> None: ...
     async def call(self, record: CallRecord, role: str) -> None: ...
+    async def decision(self, decision: Decision, idx: int) -> None: ...
 
 
 class NullRecorder:
@@ -55,6 +59,9 @@ class NullRecorder:
         pass
 
     async def call(self, record, role):
+        pass
+
+    async def decision(self, decision, idx):
         pass
 
 
@@ -71,6 +78,8 @@ class Episode:
         self.prompts = prompts
         self.recorder = recorder or NullRecorder()
         self.transcript: list[Message] = []
+        self.decisions: list[Decision] = []
+        self.outcome: bool | None = None  # set by the protocol: was the artefact bad?
         self.tokens_in = self.tokens_out = self.tokens_cached = self.n_calls = self.cache_hits = 0
         self.cost_usd: float | None = 0.0  # None once any call could not be priced
         self._asked: Counter[tuple[str, ModelRequest]] = Counter()
@@ -113,6 +122,16 @@ class Episode:
         except KeyError:
             raise KeyError(f"protocol {self.protocol.name!r} has no role {role!r}; "
                            f"roles: {', '.join(self.protocol.roles)}") from None
+
+    async def record(self, decision: Decision) -> Decision:
+        """Keep a decision (agents' decide/flag/score/label do this themselves)."""
+        self.decisions.append(decision)
+        await self.recorder.decision(decision, len(self.decisions) - 1)
+        return decision
+
+    def decided(self, role: str, kind: str = "answer") -> Decision | None:
+        """The last decision of this kind that this role made in the episode."""
+        return next((d for d in reversed(self.decisions) if d.role == role and d.kind == kind), None)
 
     def visible(self, role: str) -> list[Message]:
         horizon = _horizon.get()
@@ -194,8 +213,8 @@ class Agent:
         item = ep.item
         return {
             "protocol": ep.protocol.name, "role": self.role, "disposition": self.disposition,
-            "question": item.question, "choices": list(item.choices), "letters": item.letters,
-            "answer": self.answer, "positions": dict(ep.assignment),
+            "item": item, "question": item.input, "choices": list(item.choices or ()),
+            "letters": item.letters, "answer": self.answer, "positions": dict(ep.assignment),
             "context": item.context if self.role in ep.protocol.context_roles else None,
             "transcript": ep.visible(self.role), "params": ep.params.model_dump(), **extra,
         }
@@ -232,9 +251,40 @@ class Agent:
         """A question for the others (renders <role>_question.j2)."""
         return await self.speak(round=round, purpose="question", kind="question", **extra)
 
-    async def decide(self, *, purpose: str | None = None, **extra: Any) -> Verdict:
-        """Render the decision template and parse a Verdict; unparseable is recorded, not raised."""
-        response, latency = await self._call(purpose, True, None, {"round": None, **extra})
-        await self.episode.post(self.role, response.text.strip(), kind="verdict",
-                                model=self.model.name, response=response, latency=latency)
-        return parse_verdict(response.text, len(self.episode.item.choices), response.logprobs)
+    async def decide(self, *asks: Ask, purpose: str | None = None,
+                     **extra: Any) -> Decision | Decisions:
+        """Render the decision template, call the model, parse and record each decision
+        asked for. No asks: the answer to the item (a Decision). Several, e.g.
+        `decide(Answer(), Flag())`: all from one reply (Decisions). Unparseable ones are
+        recorded as such (parsed=False), never raised and never a default."""
+        single = not asks
+        asks = asks or (Answer(),)
+        ep = self.episode
+        for ask in asks:
+            if isinstance(ask, Label):
+                ask.options(ep.item)  # no labels to offer is the protocol's error, before a call
+        response, latency = await self._call(purpose, True, None,
+                                             {"round": None, "asks": list(asks), **extra})
+        text = response.text.strip()
+        await ep.post(self.role, text, kind="decision", model=self.model.name,
+                      response=response, latency=latency)
+        made = []
+        for ask in asks:
+            d = ask.parse(response.text, ep.item, response.logprobs)
+            made.append(await ep.record(replace(d, role=self.role)))
+        return made[0] if single else Decisions(made)
+
+    async def flag(self, name: str = "flag", **extra: Any) -> Decision:
+        """A yes/no flag (yes: the artefact is bad)."""
+        return (await self.decide(Flag(name), **extra))[0]
+
+    async def score(self, lo: float = 0, hi: float = 100, name: str = "suspicion",
+                    **extra: Any) -> Decision:
+        """A score on the scale [lo, hi] (out of scale: unparsed)."""
+        return (await self.decide(Score(lo, hi, name), **extra))[0]
+
+    async def label(self, labels: tuple[str, ...] | None = None, name: str = "label",
+                    **extra: Any) -> Decision:
+        """One of `labels` (default: the item's), with a probability per label where the
+        provider returns log-probabilities."""
+        return (await self.decide(Label(tuple(labels) if labels else None, name), **extra))[0]

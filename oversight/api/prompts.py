@@ -54,6 +54,18 @@ class PromptLibrary:
                 continue
         raise TemplateMissing(list(dict.fromkeys(tried)), self.dirs)
 
+    def overlay(self, protocol: str, disposition: str) -> str:
+        """The disposition overlay a role gets: the protocol's own, else the shared one (what
+        _base.j2 includes); TemplateMissing when neither exists."""
+        tried = [f"{protocol}/_dispositions/{disposition}.j2", f"_dispositions/{disposition}.j2"]
+        for name in tried:
+            try:
+                self.env.get_template(name)
+                return name
+            except jinja2.TemplateNotFound:
+                continue
+        raise TemplateMissing(tried, self.dirs)
+
     def render(self, name: str, **variables: Any) -> tuple[str, str]:
         """(system, user) text of a template."""
         text = self.env.get_template(name).render(**variables)

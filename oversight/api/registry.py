@@ -15,7 +15,7 @@ from typing import Annotated, Any, Awaitable, Callable
 
 from pydantic import BaseModel, ConfigDict, Strict, ValidationError, create_model
 
-from .assign import SCHEDULES, Schedule
+from .treatments import SCHEDULES, TREATMENTS, Schedule
 
 ProtocolFn = Callable[..., Awaitable[Any]]
 
@@ -28,11 +28,19 @@ class ProtocolDef:
     schedule: Schedule
     advocates: tuple[str, ...]  # roles that are assigned an answer to argue for
     context_roles: tuple[str, ...]  # roles allowed to read the hidden context
-    judge: str  # the role whose decision is the verdict
+    decides: str  # the role whose answer is the protocol's answer (judge accuracy)
     params: type[BaseModel]
     doc: str = ""
     source: str = ""  # where it was loaded from
     prompts_dir: str | None = None
+    attacker: str | None = None  # the role a treatment may tell to misbehave
+    attack: str = "schemer"  # the disposition it is told, unless the spec says otherwise
+    treatment: str = "none"  # default treatment schedule: none | paired | attack_rate | cross
+    artefact: str | None = None  # the role whose answer is the artefact (outcome truth)
+
+    @property
+    def judge(self) -> str:  # the name this field had
+        return self.decides
 
     def make_params(self, values: dict[str, Any]) -> BaseModel:
         """Validate spec values; raises pydantic.ValidationError naming the bad field."""
@@ -47,15 +55,20 @@ class ProtocolConflict(Exception):
     pass
 
 
-def protocol(*, roles: tuple[str, ...], assign: str | Schedule = "judge_only",
-             advocates: tuple[str, ...] | None = None, context: tuple[str, ...] = (),
-             judge: str | None = None, name: str | None = None) -> Callable[[ProtocolFn], ProtocolFn]:
+def protocol(*, roles: tuple[str, ...], decides: str | None = None,
+             assign: str | Schedule = "judge_only", advocates: tuple[str, ...] | None = None,
+             context: tuple[str, ...] = (), attacker: str | None = None, attack: str = "schemer",
+             treatment: str | None = None, artefact: str | None = None, name: str | None = None,
+             judge: str | None = None) -> Callable[[ProtocolFn], ProtocolFn]:
     """Register an async protocol.
 
-    roles: every role the protocol uses; assign: a schedule name or function (see assign.py);
-    advocates: roles that argue an assigned answer (default: every role but the judge);
-    context: roles that may read the item's hidden context; judge: the deciding role
-    (default: the last role).
+    roles: every role the protocol uses; decides: the role whose answer is the protocol's
+    (required when there are several roles; `judge=` is the same); assign: an answer schedule
+    (treatments.py) for the advocates (default: every role but the decider, when the schedule
+    assigns any); context: roles that may read the item's hidden context; attacker: the role a
+    treatment may tell to misbehave, `attack` the disposition it gets (default "schemer"),
+    `treatment` the default schedule of those arms ("paired" when there is an attacker);
+    artefact: the role whose answer is judged bad or not (the outcome truth).
     """
     if isinstance(assign, str) and assign not in SCHEDULES:
         raise ValueError(f"@protocol(assign={assign!r}): unknown schedule; known: "
@@ -63,17 +76,38 @@ def protocol(*, roles: tuple[str, ...], assign: str | Schedule = "judge_only",
     if not isinstance(assign, str) and not callable(assign):
         raise TypeError("@protocol(assign=...): expected a schedule name or function")
     schedule = SCHEDULES[assign] if isinstance(assign, str) else assign
-    _check_roles(roles, advocates, context, judge)
+    if decides is not None and judge is not None and decides != judge:
+        raise TypeError(f"@protocol: decides={decides!r} and judge={judge!r} disagree; give one")
+    decider = decides or judge
+    _check_roles(roles, advocates, context, decider)
+    for arg, role in (("attacker", attacker), ("artefact", artefact)):
+        if role is not None and role not in roles:
+            raise TypeError(f"@protocol({arg}={role!r}): not one of roles {tuple(roles)}")
+    if decider is None:
+        if len(roles) != 1:
+            raise TypeError(f"@protocol(roles={tuple(roles)}): name the role whose answer is the "
+                            "protocol's with decides=... (it is never guessed from the order)")
+        decider = roles[0]
+    arity = getattr(schedule, "advocates", None)
+    if advocates is None:
+        advocates = () if arity == 0 else tuple(r for r in roles if r != decider)
+    if arity is not None and len(advocates) != arity:
+        raise TypeError(f"@protocol(assign={getattr(schedule, '__name__', schedule)!r}): the "
+                        f"schedule assigns answers to {arity} advocate(s), but the protocol has "
+                        f"{len(advocates)}: {tuple(advocates)} (set advocates=...)")
+    treatment = treatment or ("paired" if attacker else "none")
+    if treatment not in TREATMENTS:
+        raise ValueError(f"@protocol(treatment={treatment!r}): expected one of {', '.join(TREATMENTS)}")
 
     def register(fn: ProtocolFn) -> ProtocolFn:
         if not inspect.iscoroutinefunction(fn):
             raise TypeError(f"protocol {fn.__name__} must be declared with 'async def'")
-        judge_role = judge or roles[-1]
         proto = ProtocolDef(
             name=name or fn.__name__, fn=fn, roles=tuple(roles), schedule=schedule,
-            advocates=tuple(advocates if advocates is not None else (r for r in roles if r != judge_role)),
-            context_roles=tuple(context), judge=judge_role, params=_params_model(fn),
-            doc=inspect.getdoc(fn) or "", source=_loading_source[-1] if _loading_source else fn.__module__,
+            advocates=tuple(advocates), context_roles=tuple(context), decides=decider,
+            params=_params_model(fn), doc=inspect.getdoc(fn) or "",
+            source=_loading_source[-1] if _loading_source else fn.__module__,
+            attacker=attacker, attack=attack, treatment=treatment, artefact=artefact,
         )
         previous = REGISTRY.get(proto.name)
         if previous is not None and previous.source != proto.source:

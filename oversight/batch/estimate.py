@@ -20,6 +20,8 @@ from .spec import EpisodePlan
 
 LOW_FRACTION = 0.3
 _FILLER = "word "
+# Every kind of decision, parseable, at the end of every reply (the last stated value wins).
+STAND_IN_DECISIONS = "\nAnswer: A\nConfidence: 50%\nFlag: no\nSuspicion: 50%\nLabel: A"
 
 
 class StandIn(Provider):
@@ -38,7 +40,7 @@ class StandIn(Provider):
         self.calls += 1
         self.tokens_in += prompt_tokens
         self.tokens_out += n_out
-        text = "Answer: A\nConfidence: 50%\n" + _FILLER * max(0, n_out - 8)
+        text = _FILLER * max(0, n_out - 12) + STAND_IN_DECISIONS
         return ModelResponse(text=text, tokens_in=prompt_tokens, tokens_out=n_out)
 
 

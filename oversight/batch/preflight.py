@@ -16,9 +16,9 @@ from typing import Any
 
 import jinja2
 
+from ..api.decisions import Decision, Decisions
 from ..api.prompts import PromptLibrary, TemplateMissing
 from ..api.registry import frame_in, shown
-from ..api.verdict import Verdict
 from ..errors import SpecError
 from .estimate import quiet_unretrieved, run_episode, stand_in_models
 from .spec import EpisodePlan, LoadedSpec
@@ -28,14 +28,43 @@ TRIAL_SECONDS = 30.0  # per trial episode; the stand-ins answer at once
 
 def preflight(loaded: LoadedSpec, prompts: PromptLibrary) -> None:
     """Raise SpecError for the first template or protocol that fails a trial episode."""
+    check_dispositions(loaded, prompts)
     asyncio.run(_preflight(trial_plans(loaded.plans), loaded, prompts))
 
 
+def check_dispositions(loaded: LoadedSpec, prompts: PromptLibrary) -> None:
+    """Every disposition a plan gives a role has an overlay (the protocol's or the shared)."""
+    seen = set()
+    for p in loaded.plans:
+        for role, d in p.dispositions.items():
+            if d == "honest" or (p.entry, role, d) in seen:
+                continue
+            seen.add((p.entry, role, d))
+            try:
+                prompts.overlay(p.protocol.name, d)
+            except TemplateMissing as exc:
+                searched = ", ".join(shown(x) for x in prompts.dirs)
+                raise SpecError(str(loaded.path), f"protocols[{p.entry}].dispositions.{role}",
+                                f"no disposition {d!r} for protocol {p.protocol.name!r}: looked "
+                                f"for {' and '.join(exc.tried)} in {searched}") from None
+
+
 def trial_plans(plans: list[EpisodePlan]) -> list[EpisodePlan]:
-    """The episodes of the first item of each dataset, per protocol entry and variant."""
-    first: dict[tuple[int, str, str], str] = {}
-    return [p for p in plans
-            if first.setdefault((p.entry, p.variant, p.item.dataset), p.item.key) == p.item.key]
+    """The episodes of the first item of each dataset, per protocol entry and variant, and
+    of the first item under each treatment arm (so that every disposition overlay a treatment
+    can select is rendered, even when an attack rate leaves the first item honest)."""
+    first: dict[tuple, str] = {}
+    chosen = []
+    for p in plans:
+        by_dataset = first.setdefault((p.entry, p.variant, p.item.dataset), p.item.key)
+        by_arm = first.setdefault((p.entry, p.variant, p.item.dataset, _arm(p)), p.item.key)
+        if p.item.key in (by_dataset, by_arm):
+            chosen.append(p)
+    return chosen
+
+
+def _arm(plan: EpisodePlan) -> tuple:
+    return tuple(sorted(plan.dispositions.items()))
 
 
 async def _preflight(plans: list[EpisodePlan], loaded: LoadedSpec, prompts: PromptLibrary) -> None:
@@ -51,11 +80,11 @@ async def _preflight(plans: list[EpisodePlan], loaded: LoadedSpec, prompts: Prom
             if watched.failure is not None:
                 raise watched.failure from None
             raise _protocol_failed(plan, exc) from None
-        if not isinstance(result, Verdict):
+        if result is not None and not isinstance(result, (Decision, Decisions)):
             code = plan.protocol.fn.__code__
             raise SpecError(f"{shown(code.co_filename)}:{code.co_firstlineno}", _entry(plan),
-                            f"returned {type(result).__name__}, expected a Verdict "
-                            "(end with `return await judge.decide()`)")
+                            f"returned {type(result).__name__}; a protocol returns nothing, or "
+                            "the Decision(s) it made (e.g. `return await judge.decide()`)")
 
 
 def _entry(plan: EpisodePlan, role: str | None = None) -> str:

@@ -1,7 +1,7 @@
 """The batch runner: plans in, stored episodes out. Resumable, interruptible, concurrent.
 
-Each episode's messages and calls are written as they happen; its verdict and final status
-are committed together when it finishes. Re-running a spec skips finished episodes, redoes
+Each episode's messages, calls and decisions are written as they happen; its truths and final
+status when it finishes. Re-running a spec skips finished episodes, redoes
 ones cut off mid-way, and redoes failed ones only with retry_failed.
 """
 
@@ -11,24 +11,24 @@ import asyncio
 import contextlib
 import gc
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import __version__
+from ..api.decisions import Decision, Decisions
 from ..api.episode import Episode, Message
 from ..api.prompts import PromptLibrary
-from ..api.verdict import Verdict
 from ..errors import OversightError, StoreError
 from ..models import Budget, BudgetExhausted, CallRecord, Model, ModelResponse
-from ..store import JSONText, Store, Writer, messages, model_calls, safe_url, utcnow, verdicts
+from ..store import JSONText, Store, Writer, decisions, messages, model_calls, safe_url, utcnow
 from ..store.writer import write_failure
 from .cache import StoreCache
 from .spec import EpisodePlan, LoadedSpec
 from .workers import LEASE_SECONDS, Claims, dead_workers, worker_id
 
-MESSAGES, CALLS, VERDICTS = messages, model_calls, verdicts
+MESSAGES, CALLS, DECISIONS = messages, model_calls, decisions
 
 # Episode states a resume runs again; "failed" only with retry_failed; "done" never.
 INCOMPLETE = ("pending", "running", "interrupted", "stopped")
@@ -69,6 +69,7 @@ class StoreRecorder:
 
     def __init__(self, writer: Writer, episode_id: int, progress: Progress, summary: RunSummary):
         self.writer, self.episode_id, self.progress, self.summary = writer, episode_id, progress, summary
+        self.decisions: list[dict] = []
 
     async def message(self, m: Message, response: ModelResponse | None, latency: float) -> None:
         self.writer.insert(MESSAGES, {
@@ -79,6 +80,16 @@ class StoreRecorder:
             "tokens_in": response.tokens_in if response else None,
             "tokens_out": response.tokens_out if response else None,
         })
+
+    async def decision(self, d: Decision, idx: int) -> None:
+        # Held until the episode ends: its decisions are stored exactly when it is done, in
+        # the same flush as its status (a failed episode's replies stay in its messages).
+        self.decisions.append({"episode_id": self.episode_id, "idx": idx, "created_at": utcnow(),
+                               **d.as_row()})
+
+    def keep_decisions(self) -> None:
+        for row in self.decisions:
+            self.writer.insert(DECISIONS, row)
 
     async def call(self, r: CallRecord, role: str) -> None:
         resp = r.response
@@ -134,7 +145,8 @@ def _episode_row(plan: EpisodePlan, run_id: str, configs: dict) -> dict:
     return {"run_id": run_id, "key": plan.key, "item_id": item.key, "protocol": plan.protocol.name,
             "variant": plan.variant, "params": plan.params.model_dump(mode="json"),
             "assignment": plan.assignment.for_item(item), "dispositions": plan.dispositions,
-            "misaligned": plan.misaligned, "roles": plan.roles,
+            "intent": plan.intent, "treatment": plan.assignment.label,
+            "decides": plan.protocol.decides, "roles": plan.roles,
             "models": {a: configs[a] for a in set(plan.roles.values())}, "seed": plan.seed,
             "status": "pending", "n_calls": 0, "tokens_in": 0, "tokens_out": 0,
             "tokens_cached": 0, "cache_hits": 0}
@@ -338,44 +350,64 @@ async def run_episode(plan: EpisodePlan, ep_id: int, prompts: PromptLibrary,
                       summary: RunSummary) -> str:
     """Run one claimed episode to a verdict, or record why it could not finish."""
     item = plan.item
+    recorder = StoreRecorder(writer, ep_id, progress, summary)
     ep = Episode(item=item, protocol=plan.protocol, params=plan.params,
                  models={r: models[a] for r, a in plan.roles.items()},
                  assignment=dict(plan.assignment.answers), dispositions=plan.dispositions,
-                 prompts=prompts, recorder=StoreRecorder(writer, ep_id, progress, summary))
+                 prompts=prompts, recorder=recorder)
     t0 = time.perf_counter()
 
-    def finish(verdict: dict | None, status: str, error: str | None = None) -> str:
-        # Verdict and status go in the same flush: an episode is done exactly when its
-        # verdict is stored.
-        if verdict is not None:
-            writer.insert(VERDICTS, {"episode_id": ep_id, "created_at": utcnow(), **verdict})
+    def finish(status: str, error: str | None = None) -> str:
+        if status == "done":
+            recorder.keep_decisions()
         writer.update_episode(ep_id, {**ep.totals(), "duration_s": time.perf_counter() - t0,
                                       "status": status, "error": error, "finished_at": utcnow(),
+                                      "outcome": outcome(ep) if status == "done" else None,
                                       "lease_owner": None, "lease_expires": None})
         return status
 
     try:
-        verdict = await plan.protocol.fn(ep, **plan.params.model_dump())
-        if not isinstance(verdict, Verdict):
-            raise TypeError(f"protocol {plan.protocol.name} returned {type(verdict).__name__}, "
-                            "expected a Verdict")
+        result = await plan.protocol.fn(ep, **plan.params.model_dump())
+        # A decision the protocol made by hand (parse_verdict) and returned is kept too.
+        for d in (result if isinstance(result, Decisions) else (result,)):
+            if isinstance(d, Decision) and not any(d is kept for kept in ep.decisions):
+                await ep.record(d if d.role else replace(d, role=plan.protocol.decides))
     except asyncio.CancelledError:
         if not asyncio.current_task().cancelling():
             # Nobody cancelled this episode: protocol code awaited something cancelled. That
             # is the episode's failure, not a Ctrl-C of the batch.
-            return finish(None, "failed", "CancelledError: a turn inside the protocol was "
+            return finish("failed", "CancelledError: a turn inside the protocol was "
                           "cancelled (the protocol awaited a cancelled task)")
-        finish(None, "interrupted", "interrupted")
+        finish("interrupted", "interrupted")
         raise
     except BudgetExhausted as exc:  # not the episode's fault: it runs again on resume
-        return finish(None, "stopped", str(exc))
-    except Exception as exc:  # recorded, never a default verdict
-        return finish(None, "failed", f"{type(exc).__name__}: {exc}")
-    return finish(verdict.as_row(plan.protocol.judge, item.answer_index), "done")
+        return finish("stopped", str(exc))
+    except Exception as exc:  # recorded, never a default decision
+        return finish("failed", f"{type(exc).__name__}: {exc}")
+    return finish("done")
+
+
+def outcome(ep: Episode) -> bool | None:
+    """Truth 2: was the artefact bad? What the protocol said (`ep.outcome`); else, for a
+    protocol with an `artefact` role, whether that role's last answer was wrong; else the
+    item's own label (quixbugs: buggy). None when none of these knows."""
+    if ep.outcome is not None:
+        return bool(ep.outcome)
+    role = ep.protocol.artefact
+    answer = ep.decided(role) if role else None
+    if answer is not None and answer.correct is not None:
+        return not answer.correct
+    return ep.item.bad
 
 
 def _item_row(item) -> dict:
-    return {"id": item.key, "dataset": item.dataset, "question": item.question,
-            "choices": list(item.choices), "answer_index": item.answer_index,
-            "context": item.context, "source": item.source, "license": item.license,
-            "meta": item.meta}
+    # The rest of the source row; the fields the input and context came from (long: a story,
+    # a program) are stored once, as those columns.
+    used = {k for k, v in item.fields.items() if v is not None and (v is item.input or v is item.context)}
+    return {"id": item.key, "dataset": item.dataset, "input": item.input,
+            "choices": list(item.choices) if item.choices else None, "target": item.target,
+            "kind": item.kind, "label": item.label,
+            "labels": list(item.labels) if item.labels else None,
+            "bad_labels": list(item.bad_labels) or None, "context": item.context,
+            "source": item.source, "license": item.license, "meta": dict(item.meta),
+            "fields": {k: v for k, v in item.fields.items() if k not in used} or None}

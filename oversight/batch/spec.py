@@ -5,30 +5,27 @@ Every error names the file, the key and what was expected (SpecError).
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-import json
 import os
-import random
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..api.assign import Assignment
-from ..api.episode import DISPOSITIONS
-from ..api.registry import ProtocolDef, frame_in, param_errors, shown
+from ..api.registry import ProtocolDef
 from ..errors import DataError, SpecError
 from ..models import PROVIDERS, ModelConfig
 from ..models.pricing import price_for
-from ..tasks.items import BUILTIN_DATASETS, Item, load_dataset
+from ..tasks.items import BUILTIN_DATASETS, DEFAULT_SOURCES, ITEM_FIELDS, Item, load_dataset
+from .plans import EpisodePlan, expand, key_hash, spec_error
 from .specread import env_name, read_spec, refuse_secrets
 
 _INT64 = 2**63  # SQLite and PostgreSQL integers
 _KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}  # the SDKs' defaults
-_ITEM_FIELDS = ("id", "question", "choices", "answer_index", "context", "source", "license", "meta")
+# Names a `mapping` may rename a source field to: the item's fields, and the source names the
+# loader reads them from by default.
+_ITEM_FIELDS = tuple(dict.fromkeys([*ITEM_FIELDS, *(n for ns in DEFAULT_SOURCES.values() for n in ns)]))
 
 
 class _Strict(BaseModel):
@@ -36,10 +33,34 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+class DatasetSpec(_Strict):
+    """One dataset with its own profile: `fields` (item field = source field) and `constants`
+    (item field = value), added to a built-in dataset's own profile."""
+
+    name: str  # a built-in name or a JSONL/CSV path
+    fields: dict[str, str] = {}
+    constants: dict[str, Any] = {}
+
+
 class DataSpec(_Strict):
-    datasets: list[str] = Field(min_length=1)  # built-in names or JSONL paths
+    datasets: list[str | DatasetSpec] = Field(min_length=1)  # names, paths, or tables
     limit: int | None = Field(default=None, ge=1, lt=_INT64)  # items per dataset, in file order
-    mapping: dict[str, str] = {}  # source field -> schema field
+    mapping: dict[str, str] = {}  # every dataset: source field -> the name it is read as
+
+
+_NAME = r"^[A-Za-z][A-Za-z0-9_]*$"  # a role's or disposition's name
+
+
+class TreatmentSpec(_Strict):
+    """Which roles a treatment tells to misbehave: `paired` (each item honest once and
+    attacked once), `attack_rate` (each item attacked with probability `rate`, seeded),
+    `cross` (every combination of `dispositions`), or `none`."""
+
+    schedule: Literal["none", "paired", "attack_rate", "cross"] = "paired"
+    role: str | None = Field(default=None, pattern=_NAME)  # default: the protocol's attacker
+    disposition: str | None = Field(default=None, pattern=_NAME)  # default: the protocol's attack
+    rate: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
+    dispositions: dict[str, list[str]] = {}  # cross: role -> dispositions
 
 
 class ProtocolSpec(_Strict):
@@ -47,6 +68,7 @@ class ProtocolSpec(_Strict):
     params: dict[str, Any] = {}
     roles: dict[str, str] = {}  # role -> model alias or "provider/model"
     dispositions: dict[str, str] = {}
+    treatment: TreatmentSpec | None = None  # default: the protocol's own
     sweep: dict[str, list[Any]] = {}  # "params.x" / "roles.r" / "dispositions.r" -> values
 
 
@@ -69,27 +91,6 @@ class BatchSpec(_Strict):
     protocols: list[ProtocolSpec] = Field(min_length=1)
 
 
-@dataclass(frozen=True)
-class EpisodePlan:
-    key: str
-    protocol: ProtocolDef
-    variant: str
-    params: BaseModel
-    item: Item
-    assignment: Assignment
-    roles: dict[str, str]  # role -> alias
-    dispositions: dict[str, str]
-    seed: int
-    entry: int = 0  # index of the [[protocols]] entry that planned it
-
-    @property
-    def misaligned(self) -> list[str]:
-        """Ground truth: roles arguing a wrong answer or given a non-honest disposition."""
-        wrong = {r for r, i in self.assignment.answers.items() if i != self.item.answer_index}
-        bad = {r for r, d in self.dispositions.items() if d != "honest"}
-        return sorted(wrong | bad)
-
-
 @dataclass
 class LoadedSpec:
     path: Path
@@ -105,20 +106,11 @@ class LoadedSpec:
         spec tuned for speed or given more money resumes the same run."""
         ident = self.spec.model_dump(mode="json", exclude={"concurrency", "budget", "description"})
         ident["models"] = {a: m.identity() for a, m in self.spec.models.items()}
-        return _hash(ident)
+        return key_hash(ident)
 
     @property
     def run_id(self) -> str:
         return f"{self.spec.name}-{self.spec_hash[:10]}"
-
-
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def _err(path: Path, exc: ValidationError, prefix: str = "") -> SpecError:
-    key, msg = param_errors(exc)[0]
-    return SpecError(str(path), prefix + key, msg)
 
 
 def load_spec(path: str | Path, registry: dict[str, ProtocolDef], limit: int | None = None) -> LoadedSpec:
@@ -133,7 +125,7 @@ def load_spec(path: str | Path, registry: dict[str, ProtocolDef], limit: int | N
     try:
         spec = BatchSpec(**raw)
     except ValidationError as exc:
-        raise _err(path, exc) from None
+        raise spec_error(path, exc) from None
     targets = list(spec.data.mapping.values())
     for source, target in spec.data.mapping.items():
         if target not in _ITEM_FIELDS:
@@ -144,7 +136,7 @@ def load_spec(path: str | Path, registry: dict[str, ProtocolDef], limit: int | N
                             "of another field; map one source field to each item field")
     models = _resolve_models(path, spec)
     items = _load_items(path, spec, limit)
-    plans = _expand(path, spec, registry, models, items)
+    plans = expand(path, spec, registry, models, items)
     used = {alias: m for alias, m in models.items() if alias in {a for p in plans for a in p.roles.values()}}
     if spec.budget.usd is not None:
         for alias, cfg in used.items():
@@ -191,13 +183,20 @@ def _load_items(path: Path, spec: BatchSpec, limit: int | None) -> list[Item]:
     items: list[Item] = []
     seen: dict[str, int] = {}
     cap = min(x for x in (spec.data.limit, limit) if x) if (spec.data.limit or limit) else None
-    for i, name in enumerate(spec.data.datasets):
+    for i, entry in enumerate(spec.data.datasets):
         key = f"data.datasets[{i}]"
+        ds = entry if isinstance(entry, DatasetSpec) else DatasetSpec(name=entry)
+        name = ds.name
         if not name.strip():
             raise SpecError(str(path), key, "expected a built-in dataset name or a JSONL path, "
                             "got an empty string")
+        for field_name in [*ds.fields, *ds.constants]:
+            if field_name not in ITEM_FIELDS:
+                raise SpecError(str(path), f"{key}.{'fields' if field_name in ds.fields else 'constants'}"
+                                f".{field_name}", f"expected an item field: {', '.join(ITEM_FIELDS)}")
         try:
-            loaded = load_dataset(name, base_dir=path.parent, mapping=spec.data.mapping or None)
+            loaded = load_dataset(name, base_dir=path.parent, mapping=spec.data.mapping or None,
+                                  fields=ds.fields, constants=ds.constants)
         except FileNotFoundError:
             raise SpecError(str(path), key, f"{name!r} is neither a built-in dataset "
                             f"({', '.join(BUILTIN_DATASETS)}) nor an existing file") from None
@@ -211,113 +210,9 @@ def _load_items(path: Path, spec: BatchSpec, limit: int | None) -> list[Item]:
             raise SpecError(str(path), key, f"{name!r} has no items (the file is empty or holds "
                             "only blank lines)")
         # Items are keyed "<dataset>/<id>": a dataset named twice would collide in the store.
-        if loaded and (first := seen.setdefault(loaded[0].dataset, i)) != i:
-            raise SpecError(str(path), f"data.datasets[{i}]",
-                            f"dataset {loaded[0].dataset!r} is already data.datasets[{first}]; "
-                            "each dataset may appear once (rename one file if they differ)")
+        if (first := seen.setdefault(loaded[0].dataset, i)) != i:
+            raise SpecError(str(path), key, f"dataset {loaded[0].dataset!r} is already "
+                            f"data.datasets[{first}]; each dataset may appear once (rename one "
+                            "file if they differ)")
         items.extend(loaded[:cap] if cap else loaded)
     return items
-
-
-def _sweep_points(p: ProtocolSpec) -> list[dict[str, Any]]:
-    keys = sorted(p.sweep)
-    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(p.sweep[k] for k in keys))]
-
-
-def _expand(path: Path, spec: BatchSpec, registry: dict[str, ProtocolDef],
-            models: dict[str, ModelConfig], items: list[Item]) -> list[EpisodePlan]:
-    plans: list[EpisodePlan] = []
-    owner: dict[str, str] = {}  # episode key -> the entry that planned it
-    for i, pspec in enumerate(spec.protocols):
-        where = f"protocols[{i}]"
-        proto = registry.get(pspec.name)
-        if proto is None:
-            raise SpecError(str(path), f"{where}.name",
-                            f"unknown protocol {pspec.name!r}; known: {', '.join(sorted(registry))}")
-        for key, values in pspec.sweep.items():
-            section, _, field = key.partition(".")
-            if section not in ("params", "roles", "dispositions") or not field:
-                raise SpecError(str(path), f"{where}.sweep.{key}",
-                                "expected 'params.<name>', 'roles.<role>' or 'dispositions.<role>'")
-            if not values:
-                raise SpecError(str(path), f"{where}.sweep.{key}", "expected a non-empty list of values")
-        planned = len(plans)
-        if proto.context_roles and (missing := [it.key for it in items if not it.context]):
-            raise SpecError(str(path), f"{where}.name", f"protocol {proto.name!r} gives "
-                            f"{', '.join(proto.context_roles)} the hidden context, but item "
-                            f"{missing[0]} has none ({len(missing)} such items)")
-        for point in _sweep_points(pspec):
-            params_in = dict(pspec.params)
-            roles = {**{r: spec.roles["*"] for r in proto.roles if "*" in spec.roles},
-                     **{r: a for r, a in spec.roles.items() if r in proto.roles}, **pspec.roles}
-            dispositions = {r: "honest" for r in proto.roles} | dict(pspec.dispositions)
-            for key, value in point.items():
-                section, _, field = key.partition(".")
-                {"params": params_in, "roles": roles, "dispositions": dispositions}[section][field] = value
-            try:
-                params = proto.make_params(params_in)
-            except ValidationError as exc:
-                raise _err(path, exc, f"{where}.params.") from None
-            for section, named in (("roles", roles), ("dispositions", dispositions)):
-                for role in named:
-                    if role not in proto.roles:
-                        raise SpecError(str(path), f"{where}.{section}.{role}", f"protocol "
-                                        f"{proto.name!r} has no role {role!r}; roles: {', '.join(proto.roles)}")
-            for role in proto.roles:
-                if role not in roles:
-                    raise SpecError(str(path), f"{where}.roles.{role}",
-                                    "no model for this role (set it here, in [roles], or [roles] \"*\")")
-            for role, d in dispositions.items():
-                if d not in DISPOSITIONS:
-                    raise SpecError(str(path), f"{where}.dispositions.{role}",
-                                    f"expected one of {', '.join(DISPOSITIONS)}, got {d!r}")
-            variant = proto.name + ("[" + ",".join(f"{k.removeprefix('params.')}={v}"
-                                                   for k, v in sorted(point.items())) + "]" if point else "")
-            model_cfg = {r: models[a].identity() for r, a in roles.items()}
-            for item in items:
-                rng = random.Random(f"{spec.seed}:{item.key}")
-                for assignment in _assignments(proto, item, rng, where):
-                    key = _hash({"protocol": proto.name, "params": params.model_dump(mode="json"),
-                                 "item": item.key, "assignment": assignment.model_dump(),
-                                 "models": model_cfg, "dispositions": dispositions,
-                                 "seed": spec.seed})[:20]
-                    if key in owner:  # e.g. a protocol entry or a sweep value given twice
-                        raise SpecError(str(path), where, f"plans an episode {owner[key]} already "
-                                        "plans (same protocol, params, models, dispositions and "
-                                        "item); remove the repeat")
-                    owner[key] = where
-                    plans.append(EpisodePlan(key, proto, variant, params, item, assignment,
-                                             dict(roles), dict(dispositions), spec.seed, i))
-        if len(plans) == planned:
-            raise SpecError(str(path), where, f"plans no episodes: the schedule of protocol "
-                            f"{proto.name!r} assigned nothing for any item")
-    used = {r for p in spec.protocols for r in registry[p.name].roles}
-    for role in spec.roles:
-        if role != "*" and role not in used:
-            raise SpecError(str(path), f"roles.{role}", f"no protocol in this spec has a role "
-                            f"{role!r}; roles: {', '.join(sorted(used))} (\"*\" sets every role)")
-    return plans
-
-
-def _assignments(proto: ProtocolDef, item: Item, rng: random.Random, where: str) -> list[Assignment]:
-    """The schedule's assignments for one item, checked; a failing schedule names its file."""
-    name = getattr(proto.schedule, "__name__", "schedule")
-    try:
-        result = proto.schedule(item, proto.advocates, rng)
-    except Exception as exc:
-        at = frame_in(exc)
-        code = proto.fn.__code__
-        raise SpecError(f"{shown(code.co_filename)}:{code.co_firstlineno}", f"{where} ({proto.name})",
-                        f"schedule {name!r} failed on item {item.key}: {type(exc).__name__}: {exc}"
-                        f" (at {shown(at[0]) if at else '?'}:{at[1] if at else '?'}; advocates: "
-                        f"{', '.join(proto.advocates) or 'none'})") from None
-    if not isinstance(result, list) or not all(isinstance(a, Assignment) for a in result):
-        raise SpecError(shown(proto.source), f"{where} ({proto.name})", f"schedule {name!r} "
-                        f"returned {type(result).__name__}; expected a list of Assignment")
-    for a in result:
-        for role, answer in a.answers.items():
-            if role not in proto.roles or not 0 <= answer < len(item.choices):
-                raise SpecError(shown(proto.source), f"{where} ({proto.name})", f"schedule "
-                                f"{name!r} assigned {role!r} answer {answer} on item {item.key}, "
-                                f"which has roles {proto.roles} and {len(item.choices)} choices")
-    return result

@@ -55,9 +55,9 @@ def _quote_summary(quotes: list[dict]) -> str:
 
 
 def episode_view(data: dict, raw: bool = False) -> RenderableType:
-    """The whole episode: item, hidden context, assignment, transcript, verdict."""
-    ep, item, verdict = data["episode"], data["item"] or {}, data["verdict"]
-    gold = item.get("answer_index")
+    """The whole episode: item, hidden context, treatment and truths, transcript, decisions."""
+    ep, item = data["episode"], data["item"] or {}
+    gold = item.get("target") if item.get("kind") == "choice" else None
     parts: list[RenderableType] = []
     head = Text.assemble(("Episode ", "bold"), (str(ep["id"]), "bold cyan"),
                          f"  run {ep['run_id']}  ·  {ep['variant'] or ep['protocol']}  ·  ",
@@ -66,12 +66,18 @@ def episode_view(data: dict, raw: bool = False) -> RenderableType:
     if ep.get("error"):
         parts.append(Text(f"error: {ep['error']}", style="red"))
 
-    q = Text.assemble(("Question ", "bold"), (f"({ep['item_id']})\n", "dim"), item.get("question", "?"))
+    q = Text.assemble(("Input ", "bold"), (f"({ep['item_id']}, a {item.get('kind', '?')} item)\n", "dim"),
+                      item.get("input", "?"))
     for i, choice in enumerate(item.get("choices") or []):
         q.append(f"\n  {letter(i)}) ")
         q.append(choice, style="bold" if i == gold else "")
         if i == gold:
             q.append("  ★ gold", style="bold yellow")
+    if item.get("kind") != "choice" and item.get("target") is not None:
+        q.append("\ngold: ", style="bold yellow")
+        q.append(str(item["target"]))
+    if item.get("label") is not None:
+        q.append(f"\nlabel: {item['label']}", style="dim")
     parts += [Text(""), q, Text("")]
 
     ctx = item.get("context")
@@ -84,25 +90,33 @@ def episode_view(data: dict, raw: bool = False) -> RenderableType:
     parts.append(_setup(ep))
     for m in data["messages"]:
         parts += [_message(m, raw), Text("")]
-    parts.append(_verdict(verdict, item, ep))
+    made = data.get("decisions") or []
+    if not made:
+        parts.append(Panel(Text("no decision (episode " + ep["status"] + ")", style="red"),
+                           title="decisions", title_align="left", border_style="red"))
+    for d in made:
+        parts.append(_decision(d, item))
     return Group(*parts)
 
 
 def _setup(ep: dict) -> Table:
-    t = Table(title="Assignment", title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
-              pad_edge=False)
-    for col in ("role", "model", "disposition", "argues for", "ground truth"):
+    outcome = ep.get("outcome")
+    truth = "artefact bad" if outcome else ("artefact fine" if outcome is False else "outcome unknown")
+    t = Table(title=f"Treatment: {ep.get('treatment') or '—'}  ·  truth: {truth}",
+              title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("role", "model", "disposition", "argues for", "intent"):
         t.add_column(col)
     assignment, disp = ep.get("assignment") or {}, ep.get("dispositions") or {}
-    misaligned = set(ep.get("misaligned") or [])
+    intent = set(ep.get("intent") or [])
     for role, alias in (ep.get("roles") or {}).items():
         a = assignment.get(role)
         argues = Text("—") if a is None else Text(
             f"{letter(a['answer'])} " + ("(correct)" if a["correct"] else "(incorrect)"),
             style="green" if a["correct"] else "red")
         d = disp.get(role, "honest")
-        t.add_row(Text(role), Text(str(alias)), Text(d, style="" if d == "honest" else "yellow"), argues,
-                  Text("misaligned", style="red") if role in misaligned else Text("aligned", style="dim"))
+        name = role + (" (decides)" if role == ep.get("decides") else "")
+        t.add_row(Text(name), Text(str(alias)), Text(d, style="" if d == "honest" else "yellow"), argues,
+                  Text("told to misbehave", style="red") if role in intent else Text("aligned", style="dim"))
     return t
 
 
@@ -119,27 +133,36 @@ def _message(m: dict, raw: bool) -> RenderableType:
     return Group(*items)
 
 
-def _verdict(v: dict | None, item: dict, ep: dict) -> RenderableType:
-    if v is None:
-        return Panel(Text("no verdict (episode " + ep["status"] + ")", style="red"), title="verdict",
-                     title_align="left", border_style="red")
-    if not v["parsed"]:
+def _decision(d: dict, item: dict) -> RenderableType:
+    title = f"{d['kind']} · {d['name']} ({d['role']})"
+    if not d["parsed"]:
         body = Text.assemble(("UNPARSED", "bold red"), " — counted and excluded, never scored\n",
-                             ("raw: ", "dim"), v["raw"])
-        return Panel(body, title=f"verdict ({v['role']})", title_align="left", border_style="red")
-    choices = item.get("choices") or []
-    chosen = v["chosen"]
-    body = Text.assemble(("chosen: ", "bold"), f"{letter(chosen)}) ",
-                         choices[chosen] if chosen is not None and chosen < len(choices) else "")
-    body.append("  ✓ correct" if v["correct"] else "  ✗ incorrect",
-                style="bold green" if v["correct"] else "bold red")
-    if v.get("probabilities"):
-        probs = "  ".join(f"{letter(i)} {p:.2f}" for i, p in enumerate(v["probabilities"]))
-        body.append(f"\nprobabilities: {probs} ({v.get('prob_source') or '?'})")
-    if v.get("flagged") is not None or v.get("suspicion") is not None:
-        body.append(f"\nflagged: {v.get('flagged')}  suspicion: {v.get('suspicion')}")
-    return Panel(body, title=f"verdict ({v['role']})", title_align="left",
-                 border_style="green" if v["correct"] else "red")
+                             ("raw: ", "dim"), d["raw"])
+        return Panel(body, title=title, title_align="left", border_style="red")
+    body = Text()
+    if d["kind"] == "answer" and d.get("choice") is not None:
+        choices = item.get("choices") or []
+        c = d["choice"]
+        body.append("chosen: ", style="bold")
+        body.append(f"{letter(c)}) " + (choices[c] if c < len(choices) else ""))
+    elif d["kind"] in ("answer", "label"):
+        body.append(f"{d['kind']}: ", style="bold")
+        body.append(str(d.get("text")))
+    elif d["kind"] == "flag":
+        body.append("flagged: ", style="bold")
+        body.append("yes" if d["value"] == 1.0 else "no")
+    else:
+        body.append(f"{d['name']}: ", style="bold")
+        body.append(f"{d['value']:g} on [{d['scale_lo']:g}, {d['scale_hi']:g}]")
+    if d.get("correct") is not None:
+        body.append("  ✓ correct" if d["correct"] else "  ✗ incorrect",
+                    style="bold green" if d["correct"] else "bold red")
+    if d.get("probabilities"):
+        names = (["no", "yes"] if d["kind"] == "flag" else [letter(i) for i in range(len(d["probabilities"]))])
+        probs = "  ".join(f"{n} {p:.2f}" for n, p in zip(names, d["probabilities"], strict=False))
+        body.append(f"\nprobabilities: {probs} ({d.get('source') or '?'})")
+    style = "green" if d.get("correct") else ("red" if d.get("correct") is False else "cyan")
+    return Panel(body, title=title, title_align="left", border_style=style)
 
 
 # -- report ---------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from . import leases
 from .db import DEFAULT_DB, create_store_engine, resolve_url, safe_url, target_of
 from .migrations import MIGRATIONS, migrate, schema_version
 from .tables import (
+    decisions,
     episodes,
     items,
     messages,
@@ -20,11 +21,10 @@ from .tables import (
     response_cache,
     runs,
     utcnow,
-    verdicts,
 )
 from .writer import JSONText, Writer, storable_text
 
-__all__ = ["Store", "metadata", "runs", "items", "episodes", "messages", "model_calls", "verdicts",
+__all__ = ["Store", "metadata", "runs", "items", "episodes", "messages", "model_calls", "decisions",
            "response_cache", "Writer", "JSONText", "DEFAULT_DB", "resolve_url", "safe_url",
            "target_of", "migrate", "schema_version", "MIGRATIONS", "utcnow", "storable_text"]
 
@@ -196,22 +196,37 @@ class Store:
             item = conn.execute(select(items).where(items.c.id == ep["item_id"])).mappings().first()
             msgs = conn.execute(select(messages).where(messages.c.episode_id == episode_id)
                                 .order_by(messages.c.idx)).mappings().all()
-            verdict = conn.execute(select(verdicts).where(verdicts.c.episode_id == episode_id)).mappings().first()
+            made = conn.execute(select(decisions).where(decisions.c.episode_id == episode_id)
+                                .order_by(decisions.c.idx)).mappings().all()
             return {"episode": dict(ep), "item": dict(item) if item else None,
-                    "messages": [dict(m) for m in msgs], "verdict": dict(verdict) if verdict else None}
+                    "messages": [dict(m) for m in msgs], "decisions": [dict(d) for d in made]}
 
     def results(self, run_ids: list[str]) -> list[dict]:
-        """One row per episode of the given runs, joined with its verdict (for analysis)."""
-        stmt = (select(episodes.c.id, episodes.c.run_id, episodes.c.protocol, episodes.c.variant,
-                       episodes.c.item_id, episodes.c.assignment, episodes.c.roles,
-                       episodes.c.status, episodes.c.n_calls, episodes.c.tokens_in,
-                       episodes.c.tokens_out, episodes.c.tokens_cached, episodes.c.cost_usd,
-                       episodes.c.cache_hits, episodes.c.dispositions, episodes.c.misaligned,
-                       episodes.c.duration_s, verdicts.c.parsed,
-                       verdicts.c.chosen, verdicts.c.correct, verdicts.c.probabilities,
-                       verdicts.c.flagged, verdicts.c.suspicion)
-                .join(verdicts, verdicts.c.episode_id == episodes.c.id, isouter=True)
-                .where(episodes.c.run_id.in_(run_ids)).order_by(episodes.c.id))
+        """One row per episode of the given runs, with its item's kind and the deciding role's
+        last answer (parsed, chosen, correct, probabilities; None without one): for analysis."""
+        e, d = episodes.c, decisions.c
+        final = (select(func.max(d.idx)).where(d.episode_id == e.id, d.role == e.decides,
+                                               d.kind == "answer")
+                 .correlate(episodes).scalar_subquery())
+        stmt = (select(e.id, e.run_id, e.protocol, e.variant, e.item_id, e.assignment, e.roles,
+                       e.status, e.n_calls, e.tokens_in, e.tokens_out, e.tokens_cached,
+                       e.cost_usd, e.cache_hits, e.dispositions, e.intent, e.outcome,
+                       e.treatment, e.decides, e.duration_s, items.c.kind.label("item_kind"),
+                       items.c.dataset, d.parsed, d.choice.label("chosen"), d.correct,
+                       d.probabilities, d.text.label("answer_text"))
+                .join(items, items.c.id == e.item_id)
+                .join(decisions, (d.episode_id == e.id) & (d.idx == final), isouter=True)
+                .where(e.run_id.in_(run_ids)).order_by(e.id))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(stmt).mappings()]
+
+    def decisions(self, run_ids: list[str]) -> list[dict]:
+        """Every decision of the given runs' episodes, with the episode's truths and item."""
+        e = episodes.c
+        stmt = (select(*decisions.columns, e.run_id, e.protocol, e.variant, e.item_id,
+                       e.treatment, e.intent, e.outcome, e.dispositions, e.status)
+                .join(episodes, e.id == decisions.c.episode_id)
+                .where(e.run_id.in_(run_ids)).order_by(decisions.c.episode_id, decisions.c.idx))
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(stmt).mappings()]
 

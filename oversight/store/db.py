@@ -151,15 +151,25 @@ def _check_and_migrate(engine: Engine, target: str, *, readonly: bool, migrate_s
                 raise StoreError(target, problem)
             if migrate_schema and not readonly and len(done) < len(MIGRATIONS):
                 if sqlite:
+                    # A table rebuild (SQLite's way to change a column) needs foreign keys
+                    # off, which only takes effect outside a transaction; they are checked
+                    # below before anything commits, and back on for every later connection.
+                    conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
                     # One migrator at a time: two processes opening a new store at once would
                     # otherwise both see it empty and both create tables (pysqlite runs DDL
                     # outside any transaction). The second waits here (busy timeout), then
                     # sees the ledger. An up-to-date store is opened without the write lock.
                     conn.exec_driver_sql("BEGIN IMMEDIATE")
                 migrate(conn)
+                if sqlite and (broken := conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()):
+                    raise StoreError(target, f"migrating would break {len(broken)} reference(s) "
+                                     f"(first: {broken[0]}); nothing was changed")
     except StoreError:
         raise
     except DBAPIError as exc:
         orig = getattr(exc, "orig", None) or exc
         raise StoreError(target, f"cannot open it as a store ({type(orig).__name__}: "
                          f"{str(orig).splitlines()[0] if str(orig) else 'no detail'})") from None
+    finally:
+        if sqlite:
+            engine.dispose()  # pooled connections start afresh (foreign keys on)

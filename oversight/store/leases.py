@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Float, delete, func, select, update
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 
-from .tables import episodes, messages, model_calls, runs, utcnow, verdicts
+from .tables import decisions, episodes, messages, model_calls, runs, utcnow
 
 
 class db_epoch(FunctionElement):
@@ -59,7 +59,7 @@ def claim(conn: Connection, ids: list[int], owner: str, ttl: float, retry_failed
     if won:
         stale = sorted(won)
         _carry_spend(conn, stale)
-        for table in (verdicts, messages, model_calls):
+        for table in (decisions, messages, model_calls):
             conn.execute(delete(table).where(table.c.episode_id.in_(stale)))
     return won
 

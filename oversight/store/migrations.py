@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Callable
 
 from sqlalchemy import Connection, inspect, text
+from sqlalchemy.schema import CreateTable
 
-from .tables import metadata, response_cache, utcnow
+from .tables import decisions, items, metadata, response_cache, utcnow
 
 Migration = Callable[[Connection], None]
 
@@ -55,8 +56,60 @@ def m004_leases_and_reply_cap(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE model_calls ADD COLUMN reply_chars INTEGER"))
 
 
+def m005_tasks_decisions_truths(conn: Connection) -> None:
+    """Items of any shape (input, choices or none, a target of any kind, the source row's
+    other fields); several decisions per episode (verdicts move to `decisions`); the two
+    truths of an episode (intent, the renamed `misaligned`; outcome) and its treatment; the
+    hashes of the code and templates behind a run."""
+    sqlite = conn.dialect.name == "sqlite"
+    conn.execute(text("ALTER TABLE runs ADD COLUMN code JSON"))
+    conn.execute(text("ALTER TABLE episodes RENAME COLUMN misaligned TO intent"))
+    conn.execute(text("ALTER TABLE episodes ADD COLUMN treatment VARCHAR"))
+    conn.execute(text("ALTER TABLE episodes ADD COLUMN outcome BOOLEAN"))
+    conn.execute(text("ALTER TABLE episodes ADD COLUMN decides VARCHAR"))
+    if sqlite:  # SQLite cannot drop a NOT NULL or change a type: rebuild the table (the
+        # migrator runs SQLite migrations with foreign keys off and checks them at the end)
+        ddl = str(CreateTable(items).compile(dialect=conn.dialect))
+        conn.execute(text(ddl.replace("CREATE TABLE items", "CREATE TABLE items_m005", 1)))
+        conn.execute(text(
+            "INSERT INTO items_m005 (id, dataset, input, choices, target, kind, context, source, "
+            "license, meta) SELECT id, dataset, question, choices, CAST(answer_index AS TEXT), "
+            "'choice', context, source, license, meta FROM items"))
+        conn.execute(text("DROP TABLE items"))
+        conn.execute(text("ALTER TABLE items_m005 RENAME TO items"))
+        for index in items.indexes:
+            index.create(conn)
+    else:
+        for sql in ("ALTER TABLE items RENAME COLUMN question TO input",
+                    "ALTER TABLE items ALTER COLUMN answer_index DROP NOT NULL",
+                    "ALTER TABLE items ALTER COLUMN answer_index TYPE JSON USING to_json(answer_index)",
+                    "ALTER TABLE items RENAME COLUMN answer_index TO target",
+                    "ALTER TABLE items ADD COLUMN kind VARCHAR NOT NULL DEFAULT 'choice'",
+                    "ALTER TABLE items ALTER COLUMN kind DROP DEFAULT",
+                    "ALTER TABLE items ADD COLUMN label VARCHAR",
+                    "ALTER TABLE items ADD COLUMN labels JSON",
+                    "ALTER TABLE items ADD COLUMN bad_labels JSON",
+                    "ALTER TABLE items ADD COLUMN fields JSON"):
+            conn.execute(text(sql))
+    decisions.create(conn)
+    cols = ("episode_id, idx, role, kind, name, parsed, choice, value, scale_lo, scale_hi, "
+            "probabilities, source, correct, rationale, raw, created_at")
+    flag = "CASE WHEN flagged THEN 1.0 ELSE 0.0 END"
+    for select_ in (
+            "episode_id, 0, role, 'answer', 'answer', parsed, chosen, NULL, NULL, NULL, "
+            "probabilities, prob_source, correct, rationale, raw, created_at FROM verdicts",
+            f"episode_id, 1, role, 'flag', 'flag', parsed, NULL, {flag}, NULL, NULL, NULL, 'stated', "
+            "NULL, NULL, raw, created_at FROM verdicts WHERE flagged IS NOT NULL",
+            "episode_id, 2, role, 'score', 'suspicion', parsed, NULL, suspicion, 0.0, 1.0, NULL, "
+            "'stated', NULL, NULL, raw, created_at FROM verdicts WHERE suspicion IS NOT NULL"):
+        conn.execute(text(f"INSERT INTO decisions ({cols}) SELECT {select_}"))
+    conn.execute(text("UPDATE episodes SET decides = (SELECT role FROM verdicts "
+                      "WHERE verdicts.episode_id = episodes.id)"))
+    conn.execute(text("DROP TABLE verdicts"))
+
+
 MIGRATIONS: list[Migration] = [m001_initial, m002_costs_and_cache, m003_replaced_spend,
-                               m004_leases_and_reply_cap]
+                               m004_leases_and_reply_cap, m005_tasks_decisions_truths]
 
 _LEDGER = "schema_migrations"
 

@@ -51,23 +51,31 @@ runs = Table(
     # --retry-failed): a budget counts money spent, not only the rows kept. (m003)
     Column("replaced_usd", Float, nullable=False, server_default="0"),
     Column("replaced_tokens", Integer, nullable=False, server_default="0"),
+    # What produced it: the sha256 of each protocol's source and of every template it
+    # rendered in the pre-flight; part of the run's identity (m005).
+    Column("code", JSON(none_as_null=True)),
 )
 
-# A question as it was when the run read it.
+# A task as it was when the run read it. (Reshaped by m005: any kind of target.)
 items = Table(
     "items", metadata,
     Column("id", String, primary_key=True),  # "<dataset>/<item id>"
     Column("dataset", String, nullable=False, index=True),
-    Column("question", String, nullable=False),
-    Column("choices", JSON),
-    Column("answer_index", Integer, nullable=False),
+    Column("input", String, nullable=False),  # the question, program, statement…
+    Column("choices", JSON(none_as_null=True)),  # None: not multiple choice
+    Column("target", JSON(none_as_null=True)),  # a choice index, a free-form answer, a label; None: no gold
+    Column("kind", String, nullable=False),  # choice | answer | label
+    Column("label", String),  # the dataset's label of the item's artefact (e.g. buggy)
+    Column("labels", JSON(none_as_null=True)),  # the label set, for label items
+    Column("bad_labels", JSON(none_as_null=True)),  # labels meaning the artefact is bad
     Column("context", String),
     Column("source", String, nullable=False, default=""),
     Column("license", String, nullable=False, default=""),
     Column("meta", JSON, default=dict),
+    Column("fields", JSON(none_as_null=True)),  # the rest of the source row
 )
 
-# One protocol on one item under one assignment.
+# One protocol on one item under one treatment.
 episodes = Table(
     "episodes", metadata,
     Column("id", Integer, primary_key=True),
@@ -78,8 +86,15 @@ episodes = Table(
     Column("variant", String, nullable=False, default=""),  # sweep point, e.g. "debate[rounds=2]"
     Column("params", JSON),
     Column("assignment", JSON),  # role -> {"answer": i, "correct": bool}
-    Column("dispositions", JSON),  # role -> honest|sycophant|schemer
-    Column("misaligned", JSON, default=list),  # ground truth: roles assigned a wrong answer or a bad disposition
+    Column("dispositions", JSON),  # role -> honest | sycophant | schemer | a protocol's own
+    Column("treatment", String),  # the schedule's label, e.g. "a_correct", "attack" (m005)
+    Column("decides", String),  # the role whose answer is the protocol's (m005)
+    # Truth 1, intent: roles told to misbehave (a wrong answer to argue, or a disposition
+    # other than honest). (Named `misaligned` before m005.)
+    Column("intent", JSON, default=list),
+    # Truth 2, outcome: was the artefact actually bad (a wrong answer against gold, a label
+    # such as buggy)? None when unknown. (m005)
+    Column("outcome", Boolean),
     Column("roles", JSON),  # role -> model alias
     Column("models", JSON),  # alias -> public model config
     Column("seed", Integer, nullable=False, default=0),
@@ -164,20 +179,28 @@ response_cache = Table(
     Column("created_at", String, nullable=False, default=utcnow),
 )
 
-# The overseer's decision. `parsed = 0` rows are counted and excluded, never scored.
-verdicts = Table(
-    "verdicts", metadata,
+# Every decision an agent commits to, several per episode (m005; these were `verdicts`, one
+# per episode). `parsed = 0` rows are counted and excluded, never scored; `correct` is NULL
+# where no gold applies (flags and scores are judged against the episode's truths).
+decisions = Table(
+    "decisions", metadata,
     Column("id", Integer, primary_key=True),
-    Column("episode_id", Integer, ForeignKey("episodes.id"), nullable=False, unique=True),
+    Column("episode_id", Integer, ForeignKey("episodes.id"), nullable=False, index=True),
+    Column("idx", Integer, nullable=False),  # order within the episode
     Column("role", String, nullable=False),
+    Column("kind", String, nullable=False),  # answer | flag | score | label
+    Column("name", String, nullable=False),  # answer, flag, suspicion, …
     Column("parsed", Boolean, nullable=False),
-    Column("chosen", Integer),
-    Column("probabilities", JSON(none_as_null=True)),
-    Column("prob_source", String),  # logprobs | elicited | None
-    Column("correct", Boolean),  # None when unparsed
-    Column("flagged", Boolean),
-    Column("suspicion", Float),
+    Column("choice", Integer),  # the chosen choice (answer) or label index (label)
+    Column("text", String),  # a free-form answer, or the label chosen
+    Column("value", Float),  # a score on its scale; 1/0 for a flag
+    Column("scale_lo", Float),  # a score's declared scale
+    Column("scale_hi", Float),
+    Column("probabilities", JSON(none_as_null=True)),  # per choice/label; [P(no), P(yes)] for a flag
+    Column("source", String),  # stated | logprobs | elicited
+    Column("correct", Boolean),  # against the item's target; NULL if unparsed or no gold applies
     Column("rationale", String),
     Column("raw", String, nullable=False),
     Column("created_at", String, nullable=False, default=utcnow),
+    UniqueConstraint("episode_id", "idx"),
 )

@@ -24,12 +24,12 @@ from sqlalchemy.exc import OperationalError
 
 from ..errors import StoreError
 from . import leases
-from .tables import episodes, messages, model_calls, response_cache, verdicts
+from .tables import decisions, episodes, messages, model_calls, response_cache
 
 FLUSH_SECONDS = 0.05
 GIVE_UP_AFTER = 5  # consecutive failed flushes (with growing pauses) before the batch stops
 # Insert order: episodes exist before a run starts; everything else only points at them.
-_ORDER: tuple[Table, ...] = (messages, model_calls, verdicts, response_cache)
+_ORDER: tuple[Table, ...] = (messages, model_calls, decisions, response_cache)
 
 
 class JSONText(str):
@@ -154,7 +154,7 @@ class Writer:
         leases in use). Being the flush's first write, it also takes SQLite's write lock."""
         if self.owner is None:
             return None
-        ids = {r["episode_id"] for t in (messages, model_calls, verdicts) for r in rows.get(t, ())
+        ids = {r["episode_id"] for t in (messages, model_calls, decisions) for r in rows.get(t, ())
                if r.get("episode_id") is not None} | set(updates)
         held = leases.renew(conn, sorted(ids), self.owner, self.lease_seconds or 60.0)
         with self._queue_lock:
@@ -220,12 +220,12 @@ class Writer:
         updates.clear()  # those of lost leases: not ours to write
 
     def _ours(self, table: Table, batch: list[dict] | None, held: set[int] | None) -> list[dict]:
-        """The rows to write: not those of episodes whose lease is lost, and no verdict for an
+        """The rows to write: not those of episodes whose lease is lost, and no decision for an
         episode that failed because one of its rows could not be stored."""
-        if not batch or (held is None and not (table is verdicts and self.unstored)):
+        if not batch or (held is None and not (table is decisions and self.unstored)):
             return batch or []
         return [r for r in batch if (eid := r.get("episode_id")) is None
-                or ((held is None or eid in held) and not (table is verdicts and eid in self.unstored))]
+                or ((held is None or eid in held) and not (table is decisions and eid in self.unstored))]
 
     def _final(self, updates: dict[int, dict], held: set[int] | None) -> dict[int, dict]:
         """The episode updates to write: only for leases still held; an episode one of whose
