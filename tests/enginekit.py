@@ -104,15 +104,15 @@ class Result:
 
 
 def load(spec_path: Path, *, limit: int | None = None, protocol_dirs: list[Path] = ()) -> LoadedSpec:
-    registry, _ = load_all(protocol_dirs=list(protocol_dirs))
-    return load_spec(spec_path, registry, limit=limit)
+    registry, prompts = load_all(protocol_dirs=list(protocol_dirs))
+    return load_spec(spec_path, registry, limit=limit, prompts=prompts)
 
 
 def run(spec_path: Path, db: Path, *, limit: int | None = None, retry_failed: bool = False,
         protocol_dirs: list[Path] = (), prompt_dirs: list[Path] = ()) -> Result:
     """Load and run a spec against fresh mock models; the store is closed afterwards."""
     registry, prompts = load_all(protocol_dirs=list(protocol_dirs), prompt_dirs=list(prompt_dirs))
-    loaded = load_spec(spec_path, registry, limit=limit)
+    loaded = load_spec(spec_path, registry, limit=limit, prompts=prompts)
     models = {alias: Model(alias, cfg) for alias, cfg in loaded.models.items()}
     store = Store(db)
     try:
@@ -128,7 +128,7 @@ async def run_inproc(spec: Path, db: Path, *, retry_failed: bool = False, use_ca
     """The runner as the CLI drives it (real models, store cache, spec budget), minus the
     terminal."""
     registry, prompts = load_all(protocol_dirs=list(protocol_dirs))
-    loaded = load_spec(spec, registry)
+    loaded = load_spec(spec, registry, prompts=prompts)
     store = Store(db)
     try:
         return loaded, await run_batch(loaded, store, prompts, retry_failed=retry_failed,

@@ -153,6 +153,16 @@ def protocol_case(name: str, body: str, must: list[str], files: int = 1) -> Case
 BROKEN_JUDGE = judge_template("Question: {{ question }}\n\n{% include \"_transcript.j2\" %}\n"
                               "Think about {{ foo }}.\n{% include \"_verdict_format.j2\" %}")
 
+def mock_case(options: str, must: list[str]) -> Case:
+    """A second model, a mock with these options, for the judge."""
+    def make(w: Work):
+        spec = w.spec(top="", roles='"*" = "mk"')
+        spec.write_text(spec.read_text().replace("[roles]", f'[models.mk]\nprovider = "mock"\n'
+                                                             f"options = {options}\n[roles]"))
+        return [spec], [f"error: {spec}: ", *must], None
+    return make
+
+
 CASES: dict[str, Case] = {
     # -- D5: templates are rendered before any call ------------------------------------------
     "template_undefined_variable": template_case(
@@ -352,6 +362,13 @@ CASES: dict[str, Case] = {
     "protocol_decider_not_named": protocol_case(
         "bi_nodecider", user_protocol("bi_nodecider", decorator="roles=('critic', 'judge')"),
         ["p.py:3", "name the role whose answer is the protocol's with decides="]),
+    # -- issue 9: scripted mock models are checked before any call ---------------------------
+    "mock_rule_without_reply": mock_case('{ rules = [{ match = "x" }] }',
+                                         ["models.mk.options.rules[0]: ", "match", "reply"]),
+    "mock_rule_not_a_table": mock_case('{ rules = ["x"] }', ["models.mk.options.rules[0]: "]),
+    "mock_script_empty": mock_case("{ script = [] }", ["models.mk.options.script: "]),
+    "mock_unknown_option": mock_case("{ scirpt = ['A'] }", ["models.mk.options.scirpt: ", "unknown"]),
+    "mock_negative_delay": mock_case("{ delay = -1 }", ["models.mk.options.delay: "]),
     "role_the_protocol_lacks": spec_case(["protocols[0].roles.critic: ", "has no role 'critic'"],
                                          protocols='[[protocols]]\nname = "direct"\nroles = { critic = "m" }\n'),
     "top_level_role_no_protocol_has": spec_case(["roles.jduge: ", "no protocol in this spec"],

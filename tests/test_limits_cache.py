@@ -26,12 +26,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from enginekit import boolq_spec, debate, direct, run_inproc
+from enginekit import boolq_spec, debate, direct, load, run_inproc
 from enginekit import rows as q  # q(db, sql, *args): a query's rows as dicts
 from typer.testing import CliRunner
 
-from oversight.api.plugins import load_all
-from oversight.batch.spec import load_spec
 from oversight.cli import app
 from oversight.models import Model, ModelConfig, ModelRequest
 from oversight.models.base import Price, RetryPolicy
@@ -310,7 +308,7 @@ def test_no_cache_flag_sends_identical_requests_again(tmp_path, server, twice_pr
     r2 = cli("run", again, "--db", db, "--protocols", twice_protocols, "-q", "--no-cache")
     assert r2.exit_code == 0, r2.output
     assert server.stats["received"] == 6
-    loaded = load_spec(again, load_all(protocol_dirs=[twice_protocols])[0])
+    loaded = load(again, protocol_dirs=[twice_protocols])
     calls = run_calls(db, loaded.run_id)
     assert len(calls) == 3
     assert all(c["cache_hit"] == 0 and c["cache_key"] is None for c in calls)
@@ -328,7 +326,7 @@ def test_cache_command_explains_hits_no_cache_and_a_temperature_miss(tmp_path, s
                           models={"m": model_cfg(server, **model)}, protocols=[direct("m")])
         result = cli("run", spec, "--db", db, "-q", *flags)
         assert result.exit_code == 0, result.output
-        loaded = load_spec(spec, load_all()[0])
+        loaded = load(spec)
         [call] = run_calls(db, loaded.run_id)
         return call["id"]
 

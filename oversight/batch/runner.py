@@ -134,7 +134,8 @@ def todo(plans: list[EpisodePlan], status: dict[str, tuple[int, str]],
 def register_run(loaded: LoadedSpec, store: Store) -> str:
     store.save_run({"id": loaded.run_id, "name": loaded.spec.name, "spec_path": str(loaded.path),
                     "spec_toml": loaded.text, "spec": loaded.spec.model_dump(mode="json"),
-                    "spec_hash": loaded.spec_hash, "status": "created", "package_version": __version__,
+                    "spec_hash": loaded.spec_hash, "code": loaded.code,
+                    "status": "created", "package_version": __version__,
                     "created_at": utcnow(), "updated_at": utcnow()})
     store.save_items(_item_row(it) for it in loaded.items)
     return loaded.run_id

@@ -13,11 +13,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..api.prompts import PromptLibrary
 from ..api.registry import ProtocolDef
 from ..errors import DataError, SpecError
 from ..models import PROVIDERS, ModelConfig
 from ..models.pricing import price_for
 from ..tasks.items import BUILTIN_DATASETS, DEFAULT_SOURCES, ITEM_FIELDS, Item, load_dataset
+from .identity import code_identity
 from .plans import EpisodePlan, expand, key_hash, spec_error
 from .specread import env_name, read_spec, refuse_secrets
 
@@ -99,6 +101,7 @@ class LoadedSpec:
     models: dict[str, ModelConfig]  # every alias used, including "provider/model" shorthands
     plans: list[EpisodePlan]
     items: list[Item]
+    code: dict | None = None  # batch/identity.py: protocol sources and templates, when known
 
     @property
     def spec_hash(self) -> str:
@@ -110,11 +113,16 @@ class LoadedSpec:
 
     @property
     def run_id(self) -> str:
-        return f"{self.spec.name}-{self.spec_hash[:10]}"
+        """name-<10 hex>: the hash of the spec's identity and, when loaded with the prompts,
+        of the code and templates behind it (editing either starts a new run)."""
+        ident = self.spec_hash if self.code is None else key_hash([self.spec_hash, self.code])
+        return f"{self.spec.name}-{ident[:10]}"
 
 
-def load_spec(path: str | Path, registry: dict[str, ProtocolDef], limit: int | None = None) -> LoadedSpec:
-    """Read, validate and expand a spec. `limit` (the CLI's --limit) caps items per dataset."""
+def load_spec(path: str | Path, registry: dict[str, ProtocolDef], limit: int | None = None,
+              prompts: PromptLibrary | None = None) -> LoadedSpec:
+    """Read, validate and expand a spec. `limit` (the CLI's --limit) caps items per dataset;
+    with `prompts`, the run's identity covers its protocols' code and templates."""
     path = Path(path)
     text = read_spec(path)
     try:
@@ -144,7 +152,10 @@ def load_spec(path: str | Path, registry: dict[str, ProtocolDef], limit: int | N
                 raise SpecError(str(path), f"models.{alias}.price", "a dollar budget is set but "
                                 f"{cfg.provider}/{cfg.model} is not in the price table: give "
                                 "price = { input = ..., output = ... } (USD per million tokens)")
-    return LoadedSpec(path, text, spec, used, plans, items)
+    code = None
+    if prompts is not None:
+        code = code_identity(list({p.protocol.name: p.protocol for p in plans}.values()), prompts)
+    return LoadedSpec(path, text, spec, used, plans, items, code)
 
 
 def _resolve_models(path: Path, spec: BatchSpec) -> dict[str, ModelConfig]:
@@ -168,6 +179,10 @@ def _resolve_models(path: Path, spec: BatchSpec) -> dict[str, ModelConfig]:
         if cfg.provider not in PROVIDERS:
             raise SpecError(str(path), f"models.{alias}.provider",
                             f"expected one of {sorted(PROVIDERS)}, got {cfg.provider!r}")
+        if cfg.provider == "mock":  # scripted replies: a malformed rule fails here, not mid-run
+            from ..models.mock import check_options
+            if (bad := check_options(cfg.options)) is not None:
+                raise SpecError(str(path), f"models.{alias}.options.{bad[0]}", bad[1])
         if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
             raise SpecError(str(path), f"models.{alias}.api_key_env", f"the environment "
                             f"variable {env_name(cfg.api_key_env)} is not set (or is empty)")

@@ -87,11 +87,34 @@ def _resolve_runs(store, refs: list[str]) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def _print_report(store, run_ids: list[str]) -> None:
-    from ..analysis import summarise
+def _print_report(store, run_ids: list[str], *, as_json: bool = False,
+                  budgets: list[float] | None = None) -> None:
+    """The report of the runs (analysis.report.Report): rich tables, or strict JSON on stdout."""
+    from ..analysis.flagging import DEFAULT_BUDGETS
+    from ..analysis.report import build_report
+    report = build_report(store, run_ids, budgets=budgets or DEFAULT_BUDGETS)
+    if as_json:
+        typer.echo(report.to_json())
+        return
     from .render import report_view
-    summaries = summarise(store.results(run_ids))
-    _console().print(report_view(summaries, [store.run(r) for r in run_ids]))
+    _console().print(report_view(report))
+
+
+def _parse_budgets(values: list[str] | None) -> list[float] | None:
+    """--budget values: a fraction (0.05) or a percentage (5%), each in [0, 1]."""
+    import math
+    out = []
+    for v in values or []:
+        text = v.strip()
+        try:
+            b = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            b = math.nan
+        if not 0 <= b <= 1:
+            raise _fail(f"--budget: expected a fraction in [0, 1] (0.05) or a percentage (5%), "
+                        f"got {v[:40]!r}")
+        out.append(b)
+    return out or None
 
 
 @app.command()
@@ -115,7 +138,8 @@ def run(spec: Annotated[Path, typer.Argument(metavar="SPEC.toml", help="The batc
         raise _fail(f"--limit: expected a number of items of at least 1, got {limit}")
     registry, library = _plugins(protocols, prompts)
     try:
-        loaded = load_spec(spec, registry, limit=limit)  # every check before any call or db write
+        # every check before any call or db write; the run's id covers its code and templates
+        loaded = load_spec(spec, registry, limit=limit, prompts=library)
         preflight(loaded, library)  # every template and protocol tried against stand-in models
     except OversightError as exc:
         raise _oversight_error(exc) from None
@@ -153,6 +177,14 @@ def _execute(loaded, library, db, *, retry_failed: bool, no_cache: bool,
     err = _console(stderr=True)
     err.print(f"[bold]{loaded.run_id}[/]: {len(loaded.plans)} episodes "
               f"({len(loaded.items)} items) → {escape(_safe_url(store.url))}")
+    earlier = [r for r in store.same_spec(loaded.spec.name, loaded.spec_hash) if r["id"] != loaded.run_id]
+    if earlier and loaded.code is not None:
+        from ..batch.identity import changed
+        diffs = changed(earlier[-1]["code"], loaded.code)
+        err.print(f"[yellow]note:[/] run {earlier[-1]['id']} ran this spec with other protocol code or "
+                  f"templates ({escape(', '.join(diffs[:6]) or 'from an older oversight')}"
+                  f"{', …' if len(diffs) > 6 else ''}): this is a new run, which does not resume "
+                  "it. Restore the old files to resume that run.")
 
     def notice(first: bool, name: str) -> None:
         if first:
@@ -326,10 +358,17 @@ def show(episode_id: Annotated[int, typer.Argument(metavar="EPISODE_ID", help="E
 @app.command()
 def report(run_refs: Annotated[list[str], typer.Argument(
                metavar="RUN", help="Run id, unique id prefix, or run name (latest)")],
-           db: DbOpt = None) -> None:
-    """Judge accuracy with bootstrap CIs, unparsed counts and tokens, per run and variant."""
+           db: DbOpt = None,
+           as_json: Annotated[bool, typer.Option("--json", help="The whole report as JSON on stdout "
+                                                 "(strict: null for missing or non-finite figures)")] = False,
+           budget: Annotated[list[str] | None, typer.Option(
+               "--budget", metavar="B", help="An audit budget for detection, a fraction (0.02) or "
+               "a percentage (2%); repeatable (default: 1%, 5%, 10%)")] = None) -> None:
+    """Judge accuracy with bootstrap CIs, unparsed counts and tokens, per run and variant; and
+    detection (AUROC, catch rate at audit budgets, safety, usefulness) per flag or score."""
+    budgets = _parse_budgets(budget)
     store = _store(db)
-    _print_report(store, _resolve_runs(store, run_refs))
+    _print_report(store, _resolve_runs(store, run_refs), as_json=as_json, budgets=budgets)
 
 
 @app.command()

@@ -1,7 +1,9 @@
 """A scripted test double, usable from TOML: for logic above the HTTP layer only.
 
-options.script: a list of replies used in turn (cycled); or options.rules: a list of
-{"match": substring, "reply": text} checked against the last user message first.
+options.script: a list of replies used in turn (cycled); options.rules: a list of
+{"match": substring, "reply": text}, the first whose substring is in the prompt wins;
+options.delay: seconds before each reply; options.fail_on: a substring that makes a call
+fail (HTTP 400-like). Options are checked when the spec loads (check_options).
 Every request is kept in `calls` so a test can see exactly what each role was shown.
 """
 
@@ -12,6 +14,34 @@ import itertools
 
 from ..errors import ModelError
 from .base import ModelConfig, ModelRequest, ModelResponse, Provider
+
+_OPTIONS = {"script", "rules", "delay", "fail_on", "timeout"}
+
+
+def check_options(options: dict) -> tuple[str, str] | None:
+    """(key, what was expected) for the first malformed mock option, else None."""
+    for name in options:
+        if name not in _OPTIONS:
+            return name, f"unknown mock option; expected one of {', '.join(sorted(_OPTIONS))}"
+    script = options.get("script")
+    if script is not None and (not isinstance(script, list) or not script
+                               or not all(isinstance(x, str) for x in script)):
+        return "script", "expected a non-empty list of reply strings"
+    rules = options.get("rules")
+    if rules is not None:
+        if not isinstance(rules, list):
+            return "rules", "expected a list of { match = \"...\", reply = \"...\" } tables"
+        for i, rule in enumerate(rules):
+            if not isinstance(rule, dict) or set(rule) != {"match", "reply"} \
+                    or not all(isinstance(v, str) for v in rule.values()):
+                return f"rules[{i}]", "expected { match = \"substring\", reply = \"text\" }"
+    delay = options.get("delay")
+    if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float))
+                              or not 0 <= delay <= 3600):
+        return "delay", "expected seconds from 0 to 3600"
+    if options.get("fail_on") is not None and not isinstance(options["fail_on"], str):
+        return "fail_on", "expected a substring of the prompt"
+    return None
 
 
 class MockProvider(Provider):

@@ -178,6 +178,15 @@ class Store:
             row = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
             return dict(row) if row else None
 
+    def same_spec(self, name: str, spec_hash: str) -> list[dict]:
+        """Runs of the same spec (name and spec hash), oldest first, with their code identity:
+        a different run id then means the code or templates changed."""
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(
+                select(runs.c.id, runs.c.code, runs.c.created_at)
+                .where(runs.c.name == name, runs.c.spec_hash == spec_hash)
+                .order_by(runs.c.created_at)).mappings()]
+
     def find_run(self, ref: str) -> str | None:
         """A run id from its full id, a unique prefix, or its name (the latest such run)."""
         with self.engine.connect() as conn:
