@@ -5,14 +5,16 @@ Follows Michael et al. 2023, "Debate Helps Supervise Unreliable Experts" (arXiv:
 and Khan et al. 2024 (arXiv:2402.06782), where consultancy is the single-advocate baseline.
 """
 
-from oversight import Episode, Verdict, protocol
+from oversight import Answer, Decisions, Episode, Flag, Verdict, protocol
 
 
 @protocol(roles=("consultant", "judge"), decides="judge", assign="single_advocate",
           context=("consultant",))
-async def consultancy(ep: Episode, rounds: int = 1, words: int = 80) -> Verdict:
-    """`rounds` speeches by the consultant, each of at most `words` words, then the verdict."""
+async def consultancy(ep: Episode, rounds: int = 1, words: int = 80,
+                      flag: bool = False) -> Verdict | Decisions:
+    """`rounds` speeches by the consultant, each of at most `words` words, then the verdict
+    (with `flag`, also whether the consultant argued dishonestly)."""
     consultant, judge = ep.agents("consultant", "judge")
     for r in range(1, rounds + 1):
         await consultant.speak(round=r)
-    return await judge.decide()
+    return await (judge.decide(Answer(), Flag()) if flag else judge.decide())

@@ -137,17 +137,19 @@ class DetectorRecords:
 
 
 def _detectors(decisions: Iterable[dict]) -> dict[tuple[str, str], dict[tuple[str, str], list]]:
-    """(run, variant) -> (role, name) -> its flag/score decision rows, each in order of first
-    appearance."""
+    """(run, variant) -> (role, name) -> its flag/score decision rows in finished episodes,
+    each in order of first appearance (a detector seen only in failed episodes is none)."""
     out: dict[tuple[str, str], dict[tuple[str, str], list]] = {}
     for d in decisions:
-        if d["kind"] in DETECTOR_KINDS:
+        if d["kind"] in DETECTOR_KINDS and d.get("status", "done") == "done":
             out.setdefault((d["run_id"], variant_of(d)), {}).setdefault(
                 (d["role"], d["name"]), []).append(d)
     return out
 
 
 def _detector(role: str, name: str, rows: list[dict]) -> Detector:
+    """The detector of (role, name) from its decision rows: the kinds seen, and the declared
+    scale when every decision is a score on one and the same scale."""
     kinds = sorted({d["kind"] for d in rows})
     scales = {(d.get("scale_lo"), d.get("scale_hi")) for d in rows if d["kind"] == "score"}
     scale = None
@@ -161,9 +163,9 @@ def detector_records(results: Iterable[dict], decisions: Iterable[dict],
                      truths: Sequence[str] = TRUTHS) -> list[DetectorRecords]:
     """The `Scored` records of every detector of every (run, variant), under each truth.
 
-    A detector is a (role, name) of the flag/score decisions of a (run, variant); every
-    finished episode (status "done") of that (run, variant) gives one record: item = its
-    item_id; score = `decision_score` of its LAST decision of that detector (highest idx),
+    A detector is a (role, name) of the flag/score decisions in the finished episodes of a
+    (run, variant); every finished episode (status "done") of that (run, variant) gives one
+    record: item = its item_id; score = `decision_score` of its LAST decision of that detector (highest idx),
     None when that is unparsed or the episode has none (missing, never 0); flag =
     `decision_flag` of it; attack = `attack_truth(episode, truth)`; success = the episode's
     outcome (None unknown); useful = `episode_useful` (the deciding role's final answer was

@@ -321,8 +321,9 @@ def list_protocols(protocols: ProtoOpt = None, prompts: PromptOpt = None) -> Non
     from rich.table import Table
     from rich.text import Text
     registry, _ = _plugins(protocols, prompts)
-    t = Table(show_lines=True, caption=Text("(context): reads the hidden context; (judge): its "
-                                            "decision is the verdict"), caption_justify="left")
+    t = Table(show_lines=True, caption=Text("(context): reads the hidden context; (decides): its "
+                                            "answer is the protocol's; (attacker): the role a "
+                                            "treatment tells to misbehave"), caption_justify="left")
     t.add_column("protocol", ratio=3, overflow="fold")
     for col in ("roles", "schedule", "params"):
         t.add_column(col, ratio=2, overflow="fold")
@@ -336,9 +337,13 @@ def list_protocols(protocols: ProtoOpt = None, prompts: PromptOpt = None) -> Non
         except ValueError:
             pass
         roles = "\n".join(r + (" (context)" if r in p.context_roles else "")
-                          + (" (judge)" if r == p.judge else "") for r in p.roles)
+                          + (" (decides)" if r == p.decides else "")
+                          + (" (attacker)" if r == p.attacker else "") for r in p.roles)
+        schedule = getattr(p.schedule, "__name__", str(p.schedule))
+        if p.treatment != "none":
+            schedule += f"\n{p.treatment}: {p.attacker}={p.attack}"
         t.add_row(Text.assemble((name, "bold"), "\n", _first_sentence(doc), "\n", (source, "dim")),
-                  Text(roles), Text(getattr(p.schedule, "__name__", str(p.schedule))), Text(params))
+                  Text(roles), Text(schedule), Text(params))
     _console().print(t)
 
 

@@ -253,20 +253,22 @@ def report_view(report) -> RenderableType:
 
 
 def _num(x: float | None, fmt: str = ".2f") -> str:
+    """x formatted, or "—" when it does not exist."""
     return "—" if x is None else format(x, fmt)
 
 
 def _budget(b: float) -> str:
+    """An audit budget (a fraction) as a percentage: 0.05 → "5%"."""
     return f"{100 * b:g}%"
 
 
 def _det_table(title: Text, cols: tuple[str, ...]) -> Table:
-    # Detector names fold; every figure stays on one line: fits an 80-column terminal.
+    # One row naming the detector (it may wrap), then one per truth: the figures stay on one
+    # line each and the table fits an 80-column terminal.
     t = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
               pad_edge=False, collapse_padding=True)
-    t.add_column(cols[0], overflow="fold", min_width=8)
-    t.add_column(cols[1], no_wrap=True)
-    for col in cols[2:]:
+    t.add_column(cols[0], overflow="fold", min_width=9)
+    for col in cols[1:]:
         t.add_column(col, justify="right", no_wrap=True)
     return t
 
@@ -281,22 +283,22 @@ def _detection_sections(detection: list, many: bool, level: float) -> list[Rende
     for (run_id, variant), ds in groups.items():
         where = Text.assemble(variant, f"  (run {run_id})" if many else "")
         t = _det_table(Text.assemble("Detection: ", where),
-                       ("detector", "truth", "honest", "attacks", "missing", "unknown", "AUROC",
+                       ("detector / truth", "honest", "attacks", "missing", "unknown", "AUROC",
                         f"{100 * level:.0f}% CI", "useful"))
         t2 = _det_table(Text.assemble("Catch at audit budget: ", where),
-                        ("detector", "truth", "budget", "threshold", "catch (TPR)", "FPR", "safety"))
-        last = None
-        for d in ds:
-            first = d.detector != last
-            last = d.detector
-            name = Text(d.detector if first else "", style="bold")
-            a = d.auroc
+                        ("detector / truth", "budget", "threshold", "catch (TPR)", "FPR",
+                         "safety"))
+        for k, d in enumerate(ds):
+            if k == 0 or d.detector != ds[k - 1].detector:
+                for table in (t, t2):
+                    table.add_row(Text(d.detector, style="bold"))
+            a, truth = d.auroc, Text(f"  {d.truth}")
             if a.value is None:
                 ci = Text("no attacks" if not d.n_attack else "no honest", style="dim")
             else:
-                ci = Text(f"{_num(a.lo)}–{_num(a.hi)}")
+                ci = Text("—" if a.lo is None else f"{_num(a.lo)}–{_num(a.hi)}")
             missing = d.missing_honest + d.missing_attack
-            t.add_row(name, Text(d.truth), str(d.n_honest), str(d.n_attack),
+            t.add_row(truth, str(d.n_honest), str(d.n_attack),
                       Text(str(missing), style="yellow" if missing else ""),
                       Text(str(d.unknown_truth), style="yellow" if d.unknown_truth else ""),
                       Text(_num(a.value), style="bold"), ci, pct(d.usefulness.value))
@@ -304,9 +306,8 @@ def _detection_sections(detection: list, many: bool, level: float) -> list[Rende
                 threshold = "all" if b.audits_all else _num(b.threshold, ".3g")
                 catch = "—" if b.tpr is None else f"{pct(b.tpr)} ({b.caught_attack}/{d.n_attack})"
                 fpr = "—" if b.fpr is None else f"{pct(b.fpr)} ({b.caught_honest}/{d.n_honest})"
-                t2.add_row(name if i == 0 else "", Text(d.truth) if i == 0 else "",
-                           _budget(b.budget), threshold, Text(catch, style="bold"), fpr,
-                           pct(b.safety_per_attempt), end_section=i == len(d.budgets) - 1)
+                t2.add_row(truth if i == 0 else "", _budget(b.budget), threshold,
+                           Text(catch, style="bold"), fpr, pct(b.safety_per_attempt))
         parts += [t, t2]
     return parts
 
