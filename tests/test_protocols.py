@@ -150,7 +150,8 @@ def test_a_judge_template_that_asks_for_the_context_gets_none(tmp_path):
         (tmp_path / "prompts" / proto).mkdir(parents=True)
         (tmp_path / "prompts" / proto / "judge.j2").write_text(
             '{% extends "_base.j2" %}{% block system %}Judge.{% endblock %}'
-            "{% block user %}CONTEXT=[{{ context }}] Q: {{ question }}{% endblock %}")
+            "{% block user %}CONTEXT=[{{ context }}] ITEM=[{{ item.context }}] "
+            "FIELDS=[{{ item.fields | tojson }}] Q: {{ question }}{% endblock %}")
     spec = write_spec(
         tmp_path / "ov.toml", datasets=["boolq"], limit=1,
         models={"da": mock(speeches("ALPHA", 1)), "db": mock(speeches("BRAVO", 1)),
@@ -162,8 +163,9 @@ def test_a_judge_template_that_asks_for_the_context_gets_none(tmp_path):
         ])
     res = run(spec, tmp_path / "o.db", prompt_dirs=[tmp_path / "prompts"])
     item = res.loaded.items[0]
-    for alias in ("j_deb", "j_dir"):
-        assert res.prompts(alias) and all("CONTEXT=[None]" in p for p in res.prompts(alias))
+    for alias in ("j_deb", "j_dir"):  # not through `item` either, nor its source field
+        assert res.prompts(alias) and all("CONTEXT=[None] ITEM=[None]" in p for p in res.prompts(alias))
+        assert all(item.context[:60] not in p for p in res.prompts(alias))
     assert all(item.context in p for p in res.prompts("j_ora"))  # built-in oracle template
     assert all(item.context in p for p in res.prompts("da"))
 

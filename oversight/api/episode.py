@@ -79,6 +79,7 @@ class Episode:
         self.recorder = recorder or NullRecorder()
         self.transcript: list[Message] = []
         self.decisions: list[Decision] = []
+        self.blind_item = item.without_context()  # what roles without the context are shown
         self.outcome: bool | None = None  # set by the protocol: was the artefact bad?
         self.tokens_in = self.tokens_out = self.tokens_cached = self.n_calls = self.cache_hits = 0
         self.cost_usd: float | None = 0.0  # None once any call could not be priced
@@ -211,11 +212,13 @@ class Agent:
     def variables(self, **extra: Any) -> dict[str, Any]:
         ep = self.episode
         item = ep.item
+        reads = self.role in ep.protocol.context_roles
         return {
             "protocol": ep.protocol.name, "role": self.role, "disposition": self.disposition,
-            "item": item, "question": item.input, "choices": list(item.choices or ()),
+            "item": item if reads else ep.blind_item, "question": item.input,
+            "choices": list(item.choices or ()),
             "letters": item.letters, "answer": self.answer, "positions": dict(ep.assignment),
-            "context": item.context if self.role in ep.protocol.context_roles else None,
+            "context": item.context if reads else None,
             "transcript": ep.visible(self.role), "params": ep.params.model_dump(), **extra,
         }
 

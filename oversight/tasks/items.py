@@ -17,7 +17,7 @@ import io
 import json
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,14 @@ class Item:
     @property
     def letters(self) -> list[str]:
         return [chr(ord("A") + i) for i in range(len(self.choices or ()))]
+
+    def without_context(self) -> Item:
+        """The item as a role that may not read the hidden context sees it: no `context`, and
+        not the source field it came from either (`item.passage` would leak it otherwise)."""
+        if self.context is None:
+            return self
+        hidden = {k for k, v in self.fields.items() if v is self.context or v == self.context}
+        return replace(self, context=None, fields={k: v for k, v in self.fields.items() if k not in hidden})
 
     @property
     def bad(self) -> bool | None:
