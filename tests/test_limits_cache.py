@@ -268,7 +268,7 @@ async def test_identical_requests_in_a_new_run_are_all_cache_hits(
     for e in run_episodes(db, l2.run_id):
         assert e["status"] == "done" and e["cache_hits"] == 3 and e["n_calls"] == 0, e["id"]
         assert e["cost_usd"] in (None, 0), e["id"]
-    assert s2.cache_hits == 6 and s2.calls == 0
+    assert s2.usage.cache_hits == 6 and s2.usage.calls == 0
 
 
 @pytest.mark.parametrize("config, request_", [

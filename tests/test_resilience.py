@@ -253,7 +253,7 @@ def test_faulty_batch_ends_consistent_and_rerun_finishes_the_rest(tmp_path, serv
     failed_before = {e["id"] for e in by_key.values() if e["status"] == "failed"}
     calls_before = calls_per_episode(db)
     _, summary = asyncio.run(run_inproc(spec, db))
-    assert summary.status == "incomplete" and summary.calls == 0
+    assert summary.status == "incomplete" and summary.usage.calls == 0
     assert srv.stats["received"] == received
     assert calls_per_episode(db) == calls_before
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..models import TokenLogprob
 from ..tasks.items import Item
+from ..tasks.items import letters as letters_of
 
 _CHOICE = re.compile(r"(?:final\s+)?answer\s*[:=\-]\s*\(?\s*([A-Za-z])\s*\)?(?![A-Za-z])", re.I)
 _CONFIDENCE = re.compile(r"confidence\s*[:=\-]\s*(\d+(?:\.\d+)?)\s*(%?)", re.I)
@@ -187,7 +188,7 @@ def parse_choice(text: str, options: list[str], logprobs: list[TokenLogprob] | N
                  kind: str, keyword: str = "answer") -> Decision:
     """A lettered choice among `options` ("Answer: B", or a bare "B" first line), with
     probabilities from log-probabilities at the letter, else from a stated confidence."""
-    letters = [chr(ord("A") + i) for i in range(len(options))]
+    letters = letters_of(len(options))
     pattern = _CHOICE if keyword == "answer" else re.compile(
         rf"{_word(keyword)}\s*[:=\-]\s*\(?\s*([A-Za-z])\s*\)?(?![A-Za-z])", re.I)
     matches = [m for m in pattern.finditer(text) if m.group(1).upper() in letters
@@ -311,5 +312,5 @@ Verdict = Decision  # the name a protocol's return annotation may still use
 
 def parse_verdict(text: str, n_choices: int, logprobs: list[TokenLogprob] | None = None) -> Decision:
     """An answer among `n_choices` lettered choices: the parser behind Answer()."""
-    return parse_choice(text, [chr(ord("A") + i) for i in range(n_choices)], logprobs,
+    return parse_choice(text, letters_of(n_choices), logprobs,
                         "answer", "answer")

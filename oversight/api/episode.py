@@ -17,6 +17,7 @@ from typing import Any, Awaitable, Protocol
 from pydantic import BaseModel
 
 from ..models import CallGroup, CallRecord, Model, ModelRequest, ModelResponse, call_group
+from ..models.totals import Totals
 from ..tasks.items import Item
 from . import quotes
 from .decisions import Answer, Ask, Decision, Decisions, Flag, Label, Score
@@ -81,8 +82,7 @@ class Episode:
         self.decisions: list[Decision] = []
         self.blind_item = item.without_context()  # what roles without the context are shown
         self.outcome: bool | None = None  # set by the protocol: was the artefact bad?
-        self.tokens_in = self.tokens_out = self.tokens_cached = self.n_calls = self.cache_hits = 0
-        self.cost_usd: float | None = 0.0  # None once any call could not be priced
+        self.usage = Totals()
         self._asked: Counter[tuple[str, ModelRequest]] = Counter()
         self._agents = {role: Agent(self, role, models[role], dispositions.get(role, "honest"))
                         for role in protocol.roles}
@@ -96,23 +96,13 @@ class Episode:
 
     def account(self, record: CallRecord) -> None:
         """Totals from every attempt: real calls cost, cache hits only count."""
-        resp = record.response
-        if record.cache_hit:
-            self.cache_hits += 1
-        else:
-            self.n_calls += 1
-            if resp is not None:
-                self.cost_usd = None if record.cost_usd is None or self.cost_usd is None \
-                    else self.cost_usd + record.cost_usd
-        if resp is not None:
-            self.tokens_in += resp.tokens_in or 0
-            self.tokens_out += resp.tokens_out or 0
-            self.tokens_cached += resp.tokens_cached or 0
+        self.usage.add(record)
 
     def totals(self) -> dict[str, Any]:
-        return {"n_calls": self.n_calls, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
-                "tokens_cached": self.tokens_cached, "cost_usd": self.cost_usd,
-                "cache_hits": self.cache_hits}
+        u = self.usage
+        return {"n_calls": u.calls, "tokens_in": u.tokens_in, "tokens_out": u.tokens_out,
+                "tokens_cached": u.tokens_cached, "cost_usd": u.known_cost,
+                "cache_hits": u.cache_hits}
 
     def agents(self, *roles: str) -> tuple["Agent", ...]:
         return tuple(self.agent(r) for r in roles)

@@ -12,6 +12,8 @@ from typing import Any
 
 import jinja2
 
+from ..tasks.items import letter
+
 SPLIT = "\n<<<oversight:user>>>\n"  # written by _base.j2 between the two blocks
 
 
@@ -34,7 +36,7 @@ class PromptLibrary:
             auto_reload=False,  # no stat() of the template file on every call of a run
         )
         self._found: dict[tuple[str, str, str | None], str] = {}
-        self.env.filters["letter"] = lambda i: chr(ord("A") + int(i))
+        self.env.filters["letter"] = letter
 
     def find(self, protocol: str, role: str, purpose: str | None = None) -> str:
         """The template for a role: <protocol>/<role>[_<purpose>].j2, else the role family

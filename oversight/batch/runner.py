@@ -22,6 +22,7 @@ from ..api.episode import Episode, Message
 from ..api.prompts import PromptLibrary
 from ..errors import OversightError, StoreError
 from ..models import Budget, BudgetExhausted, CallRecord, Model, ModelResponse
+from ..models.totals import Totals
 from ..store import JSONText, Store, Writer, decisions, messages, model_calls, safe_url, utcnow
 from ..store.writer import write_failure
 from .cache import StoreCache
@@ -53,12 +54,7 @@ class RunSummary:
     planned: int = 0
     skipped: int = 0
     counts: dict[str, int] = field(default_factory=dict)
-    calls: int = 0
-    cache_hits: int = 0
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cost_usd: float = 0.0
-    errors: int = 0
+    usage: Totals = field(default_factory=Totals)  # this worker's calls
     worker: str = ""
     states: dict[str, int] = field(default_factory=dict)  # the run's episodes by status
     others: int = 0  # episodes other live workers hold when this one stopped
@@ -105,17 +101,7 @@ class StoreRecorder:
             "cache_hit": r.cache_hit, "created_at": utcnow(),  # when it happened, not when flushed
             "reply_chars": getattr(resp, "truncated_from", None),
         })
-        s = self.summary
-        if r.cache_hit:
-            s.cache_hits += 1
-        else:
-            s.calls += 1
-            s.cost_usd += r.cost_usd or 0.0
-        if resp is not None:
-            s.tokens_in += resp.tokens_in or 0
-            s.tokens_out += resp.tokens_out or 0
-        else:
-            s.errors += 1
+        self.summary.usage.add(r)
         self.progress.call(r)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..models.totals import Totals
+
 
 def resume_note(total: int, skipped: int) -> str:
     return f"{skipped} of {total} episodes already in the store; resuming"
@@ -51,8 +53,7 @@ class RichProgress:
         )
         self.task = self.bar.add_task(label, total=None, calls="calls 0", tin=0, tout=0, cost="",
                                       errs="")
-        self._calls = self._hits = self._tin = self._tout = self._errors = 0
-        self._cost = 0.0
+        self.usage = Totals()
 
     def __enter__(self) -> RichProgress:  # noqa: PYI034
         self.bar.start()
@@ -68,17 +69,7 @@ class RichProgress:
         self.bar.update(self.task, total=total, completed=skipped)
 
     def call(self, record) -> None:
-        # getattr: cost and cache hits are recorded only by providers/runners that know them
-        if getattr(record, "cache_hit", False):
-            self._hits += 1
-        else:
-            self._calls += 1
-            self._cost += getattr(record, "cost_usd", None) or 0.0
-        if record.response is not None:
-            self._tin += record.response.tokens_in or 0
-            self._tout += record.response.tokens_out or 0
-        else:
-            self._errors += 1
+        self.usage.add(record)
         self._refresh()
 
     def episode(self, status: str) -> None:
@@ -88,12 +79,12 @@ class RichProgress:
         self.bar.advance(self.task)
 
     def _refresh(self) -> None:
-        errs = []
-        if self._errors:  # failed attempts, including ones the retry layer then recovered
-            errs.append(f"[red]{self._errors} call errors[/]")
+        u, errs = self.usage, []
+        if u.errors:  # failed attempts, including ones the retry layer then recovered
+            errs.append(f"[red]{u.errors} call errors[/]")
         if self.failed:
             errs.append(f"[red]{self.failed} failed[/]")
-        calls = f"calls {self._calls}" + (f" (+{self._hits} cached)" if self._hits else "")
-        self.bar.update(self.task, calls=calls, tin=self._tin, tout=self._tout,
-                        cost=f"${self._cost:.4f}" if self._cost else "",
+        calls = f"calls {u.calls}" + (f" (+{u.cache_hits} cached)" if u.cache_hits else "")
+        self.bar.update(self.task, calls=calls, tin=u.tokens_in, tout=u.tokens_out,
+                        cost=f"${u.cost_usd:.4f}" if u.cost_usd else "",
                         errs=" ".join(errs) or "[green]no errors[/]")

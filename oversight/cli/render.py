@@ -16,12 +16,14 @@ from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 
+from ..tasks.items import letter as choice_letter
+
 CONTEXT_PREVIEW = 700  # characters of hidden context shown unless --raw
 _MARK = re.compile(r"<(v|u)_quote>(.*?)</\1_quote>", re.DOTALL)
 
 
 def letter(i: int | None) -> str:
-    return "?" if i is None else chr(ord("A") + int(i))
+    return "?" if i is None else choice_letter(i)
 
 
 def marked_text(shown: str, quotes: list[dict] | None) -> Text:

@@ -25,7 +25,7 @@ from ..errors import DataError
 from .profiles import BUILTIN_DATASETS, builtin_path, profile
 
 __all__ = ["Item", "BUILTIN_DATASETS", "builtin_path", "load_dataset", "load_jsonl", "make_item",
-           "ITEM_FIELDS"]
+           "ITEM_FIELDS", "letter", "letters"]
 
 # Item fields a profile may set, and the source fields each is read from when none is named.
 DEFAULT_SOURCES: dict[str, tuple[str, ...]] = {
@@ -35,6 +35,15 @@ DEFAULT_SOURCES: dict[str, tuple[str, ...]] = {
     "license": ("license",), "meta": ("meta",),
 }
 ITEM_FIELDS = tuple(DEFAULT_SOURCES)
+
+
+def letter(i: int) -> str:
+    """The letter choice i is shown under: 0 -> A, 1 -> B (the one place this is decided)."""
+    return chr(ord("A") + int(i))
+
+
+def letters(n: int) -> list[str]:
+    return [letter(i) for i in range(n)]
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,7 +95,7 @@ class Item:
 
     @property
     def letters(self) -> list[str]:
-        return [chr(ord("A") + i) for i in range(len(self.choices or ()))]
+        return letters(len(self.choices or ()))
 
     def without_context(self) -> Item:
         """The item as a role that may not read the hidden context sees it: no `context`, and
