@@ -81,3 +81,25 @@ def test_a_template_of_another_protocol_does_not_change_the_run(tmp_path):
     (prompts / "debate" / "judge.j2").write_text("{% extends '_base.j2' %}")
     assert cli("run", spec, "--db", db, "--prompts", prompts, "-q").exit_code == 0
     assert len(runs(db)) == 1
+
+
+def test_a_protocol_entry_may_run_on_some_of_the_datasets(tmp_path):
+    from enginekit import load
+
+    from oversight.errors import SpecError
+
+    spec = write_spec(tmp_path / "s.toml", name="split", datasets=["boolq", "lie_detector_statements"],
+                      limit=2, models={"m": mock()}, roles={"*": "m"},
+                      protocols=[{"name": "direct", "datasets": ["boolq"]},
+                                 {"name": "trusted_monitoring", "datasets": ["lie_detector_statements"]}])
+    loaded = load(spec)
+    by = {(p.protocol.name, p.item.dataset) for p in loaded.plans}
+    assert by == {("direct", "boolq"), ("trusted_monitoring", "lie_detector_statements")}
+    bad = write_spec(tmp_path / "b.toml", name="b", datasets=["boolq"], limit=1, models={"m": mock()},
+                     roles={"*": "m"}, protocols=[{"name": "direct", "datasets": ["gsm8k"]}])
+    try:
+        load(bad)
+    except SpecError as exc:
+        assert exc.key == "protocols[0].datasets[0]" and "'gsm8k' is not one of" in exc.message
+    else:
+        raise AssertionError("an unknown dataset name was accepted")

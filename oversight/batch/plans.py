@@ -88,7 +88,8 @@ def expand(path: Path, spec: BatchSpec, registry: dict[str, ProtocolDef],
             if not values:
                 raise SpecError(str(path), f"{where}.sweep.{key}", "expected a non-empty list of values")
         planned = len(plans)
-        if proto.context_roles and (missing := [it.key for it in items if not it.context]):
+        chosen = _entry_items(path, pspec, items, where)
+        if proto.context_roles and (missing := [it.key for it in chosen if not it.context]):
             raise SpecError(str(path), f"{where}.name", f"protocol {proto.name!r} gives "
                             f"{', '.join(proto.context_roles)} the hidden context, but item "
                             f"{missing[0]} has none ({len(missing)} such items)")
@@ -109,7 +110,7 @@ def expand(path: Path, spec: BatchSpec, registry: dict[str, ProtocolDef],
             variant = proto.name + ("[" + ",".join(f"{k.removeprefix('params.')}={v}"
                                                    for k, v in sorted(point.items())) + "]" if point else "")
             model_cfg = {r: models[a].identity() for r, a in roles.items()}
-            for item in items:
+            for item in chosen:
                 rng = random.Random(f"{spec.seed}:{item.key}")
                 for assignment in treat(_assignments(proto, item, rng, where),
                                         arms(arm_rng(spec.seed, item))):
@@ -134,6 +135,18 @@ def expand(path: Path, spec: BatchSpec, registry: dict[str, ProtocolDef],
             raise SpecError(str(path), f"roles.{role}", f"no protocol in this spec has a role "
                             f"{role!r}; roles: {', '.join(sorted(used))} (\"*\" sets every role)")
     return plans
+
+
+def _entry_items(path: Path, pspec: ProtocolSpec, items: list[Item], where: str) -> list[Item]:
+    """The items a protocol entry runs on: all, or those of the datasets it names."""
+    if pspec.datasets is None:
+        return items
+    names = list(dict.fromkeys(it.dataset for it in items))
+    for i, name in enumerate(pspec.datasets):
+        if name not in names:
+            raise SpecError(str(path), f"{where}.datasets[{i}]", f"{name!r} is not one of the "
+                            f"spec's datasets ({', '.join(names)}); list it in [data] datasets")
+    return [it for it in items if it.dataset in pspec.datasets]
 
 
 def _check_roles(path: Path, proto: ProtocolDef, where: str, roles: dict[str, str],

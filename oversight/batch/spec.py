@@ -42,6 +42,7 @@ class DatasetSpec(_Strict):
     name: str  # a built-in name or a JSONL/CSV path
     fields: dict[str, str] = {}
     constants: dict[str, Any] = {}
+    limit: int | None = Field(default=None, ge=1, lt=_INT64)  # items of this dataset, in file order
 
 
 class DataSpec(_Strict):
@@ -71,6 +72,7 @@ class ProtocolSpec(_Strict):
     roles: dict[str, str] = {}  # role -> model alias or "provider/model"
     dispositions: dict[str, str] = {}
     treatment: TreatmentSpec | None = None  # default: the protocol's own
+    datasets: list[str] | None = None  # only these of [data] (by name: "boolq", a file's stem)
     sweep: dict[str, list[Any]] = {}  # "params.x" / "roles.r" / "dispositions.r" -> values
 
 
@@ -229,5 +231,6 @@ def _load_items(path: Path, spec: BatchSpec, limit: int | None) -> list[Item]:
             raise SpecError(str(path), key, f"dataset {loaded[0].dataset!r} is already "
                             f"data.datasets[{first}]; each dataset may appear once (rename one "
                             "file if they differ)")
-        items.extend(loaded[:cap] if cap else loaded)
+        caps = [x for x in (cap, ds.limit) if x]
+        items.extend(loaded[:min(caps)] if caps else loaded)
     return items

@@ -208,7 +208,10 @@ def report_view(report) -> RenderableType:
                                    f"  ({r.name}, {r.status}, spec {r.spec_path or '?'})"))
     t = _table("Judge accuracy over parsed verdicts", many,
                ("variant / assignment", "done", "failed", "parsed", "unparsed", "accuracy", "95% CI"))
-    for s in report.accuracy:
+    # A variant whose deciding role answered nothing (monitoring of labelled code: only
+    # flags and scores) has no accuracy row; it is in the detection section and the JSON.
+    answered = [s for s in report.accuracy if s.parsed or s.unparsed or s.done < s.episodes]
+    for s in answered:
         run_cell = [Text(s.run_id)] if many else []
         t.add_row(*run_cell, Text(s.variant, style="bold"), f"{s.done}/{s.episodes}",
                   str(s.failed), str(s.parsed),
@@ -219,7 +222,8 @@ def report_view(report) -> RenderableType:
         for label, g in groups:
             t.add_row(*run_cell, Text(f"  {label}", style="dim"), f"{g.done}/{g.episodes}",
                       str(g.failed), str(g.parsed), str(g.unparsed), *acc_cells(g))
-    parts.append(t)
+    if answered:
+        parts.append(t)
 
     priced = any(u.cost_usd is not None for u in report.usage)
     t2 = _table("Tokens" + (" and cost" if priced else ""), many,
