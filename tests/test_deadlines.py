@@ -20,7 +20,7 @@ import pytest
 
 from oversight.errors import ModelError
 from oversight.models import Model, ModelConfig, ModelRequest, provider_class
-from oversight.models.headers import as_int
+from oversight.models.base import as_int
 from oversight.testing.fakeserver import FakeServer
 
 GUARD = 60.0  # seconds: only a bound on a call that would otherwise hang a broken build

@@ -680,3 +680,19 @@ def test_distinct_entries_of_one_protocol_are_fine(tmp_path):
     loaded = load(spec)
     assert len(loaded.plans) == 2 + 2 + 2 * 2 * 2
     assert len({p.key for p in loaded.plans}) == len(loaded.plans)
+    # Reports keep them apart: each variant's name says how it differs from its namesakes.
+    assert sorted({p.variant for p in loaded.plans}) == [
+        "debate[rounds=1]", "debate[rounds=2]", "direct[judge=j]", "direct[judge=k]"]
+
+
+def test_entries_under_one_label_are_told_apart_by_what_differs(tmp_path):
+    spec = write_spec(tmp_path / "lb.toml", datasets=["boolq"], limit=1,
+                      models={"j": mock([VERDICT]), "k": mock(["Answer: B"])},
+                      protocols=[{"name": "direct", "label": "baseline", "roles": {"judge": "j"}},
+                                 {"name": "oracle", "label": "baseline", "roles": {"judge": "k"}}])
+    assert {p.variant for p in load(spec).plans} == {"baseline[judge=j,protocol=direct]",
+                                                     "baseline[judge=k,protocol=oracle]"}
+    ok = write_spec(tmp_path / "ok.toml", datasets=["boolq"], limit=1, models={"j": mock([VERDICT])},
+                    protocols=[{"name": "direct", "label": "naive", "roles": {"judge": "j"}},
+                               {"name": "oracle", "label": "ceiling", "roles": {"judge": "j"}}])
+    assert {p.variant for p in load(ok).plans} == {"naive", "ceiling"}

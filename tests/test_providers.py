@@ -24,9 +24,11 @@ import pytest_asyncio
 from oversight.errors import ModelError
 from oversight.models import ModelConfig, ModelRequest, provider_class
 from oversight.models.anthropic_provider import AnthropicProvider
-from oversight.models.headers import classify_status, redact, retry_after_seconds
+from oversight.models.credentials import redact
+from oversight.models.failures import classify_status
 from oversight.models.litellm_provider import LitellmProvider
 from oversight.models.openai_provider import OpenAIProvider
+from oversight.models.retry_after import retry_after_seconds
 from oversight.testing.fakeserver import FakeServer
 
 KEY_ENV = "OVERSIGHT_TEST_PROVIDER_KEY"

@@ -74,6 +74,8 @@ def expand(path: Path, spec: BatchSpec, registry: dict[str, ProtocolDef],
            models: dict[str, ModelConfig], items: list[Item]) -> list[EpisodePlan]:
     plans: list[EpisodePlan] = []
     owner: dict[str, str] = {}  # episode key -> the entry that planned it
+    variants: dict[str, int] = {}  # how reports name a variant -> the entry that planned it
+    distinct = _distinct_settings(spec.protocols)
     for i, pspec in enumerate(spec.protocols):
         where = f"protocols[{i}]"
         proto = registry.get(pspec.name)
@@ -107,8 +109,10 @@ def expand(path: Path, spec: BatchSpec, registry: dict[str, ProtocolDef],
             except ValidationError as exc:
                 raise spec_error(path, exc, f"{where}.params.") from None
             _check_roles(path, proto, where, roles, dispositions)
-            variant = proto.name + ("[" + ",".join(f"{k.removeprefix('params.')}={v}"
-                                                   for k, v in sorted(point.items())) + "]" if point else "")
+            shown_keys = {**distinct[i], **point}
+            variant = (pspec.label or proto.name) + ("[" + ",".join(
+                f"{k.removeprefix('params.')}={v}" for k, v in sorted(shown_keys.items())) + "]"
+                if shown_keys else "")
             model_cfg = {r: models[a].identity() for r, a in roles.items()}
             for item in chosen:
                 rng = random.Random(f"{spec.seed}:{item.key}")
@@ -126,6 +130,10 @@ def expand(path: Path, spec: BatchSpec, registry: dict[str, ProtocolDef],
                     plans.append(EpisodePlan(key, proto, variant, params, item, assignment,
                                              dict(roles), dispositions | assignment.dispositions,
                                              spec.seed, i))
+            if variants.setdefault(variant, i) != i:
+                raise SpecError(str(path), f"{where}.label", f"protocols[{variants[variant]}] is "
+                                f"reported as {variant!r} too: give one of them another label = "
+                                "\"...\" so that reports keep them apart")
         if len(plans) == planned:
             raise SpecError(str(path), where, f"plans no episodes: the schedule of protocol "
                             f"{proto.name!r} assigned nothing for any item")
@@ -135,6 +143,31 @@ def expand(path: Path, spec: BatchSpec, registry: dict[str, ProtocolDef],
             raise SpecError(str(path), f"roles.{role}", f"no protocol in this spec has a role "
                             f"{role!r}; roles: {', '.join(sorted(used))} (\"*\" sets every role)")
     return plans
+
+
+def _distinct_settings(entries: list[ProtocolSpec]) -> list[dict[str, Any]]:
+    """Per entry, the settings in which it differs from other entries reported under the same
+    name (e.g. two `direct` entries with other judges: `roles.judge`), so that each variant's
+    name says what it is: "direct[judge=gpt]"."""
+    def flat(e: ProtocolSpec) -> dict[str, Any]:
+        out = {"protocol": e.name, **{f"params.{k}": v for k, v in e.params.items()}}
+        out |= {f"roles.{k}": v for k, v in e.roles.items()}
+        out |= {f"dispositions.{k}": v for k, v in e.dispositions.items()}
+        if e.treatment is not None:
+            out |= {f"treatment.{k}": v for k, v in e.treatment.model_dump(exclude_defaults=True).items()}
+        if e.datasets is not None:
+            out["datasets"] = "+".join(e.datasets)
+        return out
+
+    flats = [flat(e) for e in entries]
+    out: list[dict[str, Any]] = []
+    for i, e in enumerate(entries):
+        group = [flats[j] for j, o in enumerate(entries) if (o.label or o.name) == (e.label or e.name)]
+        keys = {k for f in group for k in f}
+        differ = {k for k in keys if len({repr(f.get(k)) for f in group}) > 1}
+        out.append({k.split(".", 1)[-1] if k.startswith(("roles.", "dispositions.")) else k:
+                    flats[i].get(k, "default") for k in sorted(differ)})
+    return out
 
 
 def _entry_items(path: Path, pspec: ProtocolSpec, items: list[Item], where: str) -> list[Item]:

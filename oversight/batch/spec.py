@@ -68,6 +68,7 @@ class TreatmentSpec(_Strict):
 
 class ProtocolSpec(_Strict):
     name: str
+    label: str | None = Field(default=None, min_length=1)  # how reports name it (default: name)
     params: dict[str, Any] = {}
     roles: dict[str, str] = {}  # role -> model alias or "provider/model"
     dispositions: dict[str, str] = {}

@@ -1,9 +1,9 @@
 """Anthropic messages through the official SDK (`anthropic.AsyncAnthropic`).
 
 System turns of the request go to the top-level `system` field (joined by blank lines); the
-rest become `messages`. Failures become `ModelError`s classified for the one retry layer above
-(the SDK's own retries are off): see headers.classify_status; 529 / `overloaded_error` is
-`overloaded` and retryable. Anthropic returns no log-probabilities, so `logprobs` is None and
+rest become `messages`. Failures become `ModelError`s for the one retry layer above (the SDK's
+own retries are off): `_error` says what each of the SDK's exceptions means, HTTP statuses by
+failures.classify_status; 529 / `overloaded_error` is `overloaded` and retryable. Anthropic returns no log-probabilities, so `logprobs` is None and
 verdicts fall back to elicited confidence.
 
 No sampling parameters are sent: the SDK (>= 1.0) has no `temperature`/`top_p`/`top_k`
@@ -27,18 +27,9 @@ import pydantic
 from anthropic.types import Message
 
 from ..errors import ModelError
-from .base import ModelConfig, ModelRequest, ModelResponse, Provider
-from .headers import (
-    api_key,
-    as_int,
-    attempt_timeout,
-    classify_status,
-    malformed_body,
-    redact,
-    status_error,
-    timed_out,
-    unexpected_error,
-)
+from .base import ModelConfig, ModelRequest, ModelResponse, Provider, as_int, attempt_timeout
+from .credentials import api_key, redact
+from .failures import classify_status, malformed_body, status_error, timed_out, unexpected_error
 
 __all__ = ["AnthropicProvider"]
 
@@ -97,19 +88,9 @@ class AnthropicProvider(Provider):
         error: ModelError | None = None
         try:
             message = await self._client.messages.create(**self._kwargs(request))
-        except anthropic.APIStatusError as exc:
-            error = self._status_error(exc)
-        except anthropic.APITimeoutError as exc:  # before APIConnectionError: it is a subclass
-            error = timed_out(exc)
-        except anthropic.APIConnectionError as exc:
-            cause = exc.__cause__ or exc.__context__
-            error = ModelError(f"connection failed ({type(cause or exc).__name__})",
-                               retryable=True, kind="connection")
-        except (anthropic.APIResponseValidationError, json.JSONDecodeError,
-                pydantic.ValidationError, UnicodeDecodeError) as exc:
-            error = malformed_body(exc, self._secrets)
-        except anthropic.AnthropicError as exc:
-            error = unexpected_error(exc, self._secrets)
+        except (anthropic.AnthropicError, json.JSONDecodeError, pydantic.ValidationError,
+                UnicodeDecodeError) as exc:
+            error = self._error(exc)
         if error is not None:
             # Raised outside the except block so the SDK exception (whose request carries the
             # Authorization header) is not chained onto ours as __context__.
@@ -161,14 +142,26 @@ class AnthropicProvider(Provider):
             raw=redact(raw, self._secrets),
         )
 
-    def _status_error(self, exc: anthropic.APIStatusError) -> ModelError:
-        status = exc.status_code
-        etype, message = _error_fields(exc)
-        kind, retryable = classify_status(status, etype, message)
-        if etype == "overloaded_error":
-            kind, retryable = "overloaded", True
-        headers = exc.response.headers if exc.response is not None else None
-        return status_error(status, kind, retryable, message, headers, self._secrets)
+    def _error(self, exc: Exception) -> ModelError:
+        """What an exception from the SDK (or from decoding its body) means."""
+        if isinstance(exc, anthropic.APIStatusError):
+            status = exc.status_code
+            etype, message = _error_fields(exc)
+            kind, retryable = classify_status(status, etype, message)
+            if etype == "overloaded_error":
+                kind, retryable = "overloaded", True
+            headers = exc.response.headers if exc.response is not None else None
+            return status_error(status, kind, retryable, message, headers, self._secrets)
+        if isinstance(exc, anthropic.APITimeoutError):  # before APIConnectionError: a subclass
+            return timed_out(exc)
+        if isinstance(exc, anthropic.APIConnectionError):
+            cause = exc.__cause__ or exc.__context__
+            return ModelError(f"connection failed ({type(cause or exc).__name__})",
+                              retryable=True, kind="connection")
+        if isinstance(exc, (anthropic.APIResponseValidationError, json.JSONDecodeError,
+                            pydantic.ValidationError, UnicodeDecodeError)):
+            return malformed_body(exc, self._secrets)
+        return unexpected_error(exc, self._secrets)
 
     async def aclose(self) -> None:
         if self._client is not None:

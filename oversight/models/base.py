@@ -1,4 +1,5 @@
-"""The one async interface every provider implements, and the request/response it speaks."""
+"""The one async interface every provider implements: the config and request/response it
+speaks, and how every provider reads an attempt's timeout and a reply's token counts."""
 
 from __future__ import annotations
 
@@ -177,6 +178,14 @@ class ModelConfig(BaseModel):
         return self.model_dump(mode="json")
 
 
+def attempt_timeout(config: Any) -> float:
+    """Seconds one attempt may take: options["timeout"], else the config's `timeout`."""
+    value = config.options.get("timeout")
+    if value is None:
+        value = getattr(config, "timeout", None) or 600.0
+    return float(value)
+
+
 @dataclass(frozen=True)
 class ModelRequest:
     messages: tuple[tuple[str, str], ...]  # (role, content) with role in system/user/assistant
@@ -205,6 +214,18 @@ class TokenLogprob:
     token: str
     logprob: float
     top: dict[str, float] = field(default_factory=dict)  # candidate token -> logprob
+
+
+_MAX_COUNT = 2**63 - 1  # the largest SQLite (and PostgreSQL BIGINT) INTEGER
+
+
+def as_int(value: Any) -> int | None:
+    """A token count from a usage field: an int (not a bool) in [0, 2**63), else None (unknown).
+    A negative count would shrink a run's spend and let it overrun its budget; a larger one
+    cannot be stored."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_COUNT:
+        return value
+    return None
 
 
 @dataclass

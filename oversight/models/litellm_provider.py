@@ -2,8 +2,9 @@
 
 `config.model` is litellm's "provider/model" name (e.g. "gemini/gemini-2.0-flash",
 "openai/my-model" with `base_url` for any OpenAI-compatible server). litellm's own retries are
-off; its exceptions become `ModelError`s classified like the other providers' (see
-headers.classify_status) for the one retry layer above.
+off; its exceptions become `ModelError`s for the one retry layer above: `_error` says what they
+mean (litellm's classes do not always say it faithfully), HTTP statuses by
+failures.classify_status like the other providers.
 
 Before the import, litellm is told to use its bundled model-cost map and other bundled tables
 instead of fetching them from the network, and its debug prints and message logging are off.
@@ -24,16 +25,18 @@ import re
 from typing import Any
 
 from ..errors import ModelError
-from .base import ModelConfig, ModelRequest, ModelResponse, Provider, TokenLogprob
-from .headers import (
-    api_key,
+from .base import (
+    ModelConfig,
+    ModelRequest,
+    ModelResponse,
+    Provider,
+    TokenLogprob,
     as_int,
     attempt_timeout,
-    classify_status,
-    exception_chain,
-    redact,
-    retry_after_seconds,
 )
+from .credentials import api_key, redact
+from .failures import classify_status, exception_chain
+from .retry_after import retry_after_seconds
 
 __all__ = ["LitellmProvider", "import_litellm"]
 

@@ -5,7 +5,7 @@ Order of a call: cache lookup -> (per attempt) RPM/TPM limiters, concurrency slo
 server's cool-down, budget and call-group checks, provider call. Every attempt that sent a
 request goes to the sink: answered, failed, timed out or cancelled.
 
-Time limits are wall clock: an attempt runs at most `timeout` (headers.attempt_timeout),
+Time limits are wall clock: an attempt runs at most `timeout` (base.attempt_timeout),
 and from a call's first request on, its attempts and the waits between them (backoff,
 Retry-After, cool-down) end within `retry.max_seconds` (time queued for a first slot does
 not count: a queue is not a failure).
@@ -25,8 +25,7 @@ from typing import Any, Awaitable, Callable, Protocol
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from ..errors import ModelError
-from .base import ModelConfig, ModelRequest, ModelResponse, Provider, TokenLogprob
-from .headers import attempt_timeout
+from .base import ModelConfig, ModelRequest, ModelResponse, Provider, TokenLogprob, attempt_timeout
 from .pricing import cost_usd, price_for
 
 

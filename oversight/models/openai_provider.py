@@ -1,7 +1,8 @@
 """OpenAI chat completions through the official SDK; any OpenAI-compatible server via base_url.
 
-Failures become `ModelError`s classified for the one retry layer above (the SDK's own retries
-are off): see headers.classify_status. Options read from `config.options`: `timeout`
+Failures become `ModelError`s for the one retry layer above (the SDK's own retries are off):
+`_error` says what each of the SDK's exceptions means, HTTP statuses by
+failures.classify_status. Options read from `config.options`: `timeout`
 (seconds per attempt; default: the config's `timeout`), `seed`, `extra_body` (dict merged
 into the JSON body), `reasoning_effort`, and `temperature` (only for reasoning models, below).
 """
@@ -15,22 +16,26 @@ import httpx
 import openai
 
 from ..errors import ModelError
-from .base import ModelConfig, ModelRequest, ModelResponse, Provider, TokenLogprob
-from .headers import (
-    RETRYABLE_STATUS,
-    api_key,
+from .base import (
+    ModelConfig,
+    ModelRequest,
+    ModelResponse,
+    Provider,
+    TokenLogprob,
     as_int,
     attempt_timeout,
+)
+from .credentials import api_key, redact
+from .failures import (
     classify_status,
     exception_chain,
     malformed_body,
-    redact,
     status_error,
     timed_out,
     unexpected_error,
 )
 
-__all__ = ["RETRYABLE_STATUS", "OpenAIProvider", "is_reasoning_model"]
+__all__ = ["OpenAIProvider", "is_reasoning_model"]
 
 # Model families that take `max_completion_tokens` (not `max_tokens`) and reject a
 # temperature other than the default.
@@ -100,23 +105,8 @@ class OpenAIProvider(Provider):
             # the typed parameters (~1 ms) or a pydantic model of the reply we do not keep.
             http = await self._client.post("/chat/completions", body=body, cast_to=httpx.Response)
             data = json.loads(http.content)
-        except openai.APIStatusError as exc:
-            error = self._status_error(exc)
-        except openai.APIConnectionError as exc:  # APITimeoutError is a subclass
-            # httpx-aiohttp reports a dropped connection as a connect *timeout*: look beneath.
-            dropped = _disconnect(exc)
-            if _undecodable(exc):  # e.g. a body that claims gzip and is not: the reply is bad
-                error = ModelError("malformed response body (could not decode it)", retryable=True,
-                                   kind="malformed")
-            elif isinstance(exc, openai.APITimeoutError) and dropped is None:
-                error = timed_out(exc)
-            else:
-                error = ModelError(f"connection failed ({dropped or _cause(exc)})", retryable=True,
-                                   kind="connection")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            error = malformed_body(exc, self._secrets)
-        except openai.OpenAIError as exc:
-            error = unexpected_error(exc, self._secrets)
+        except (openai.OpenAIError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            error = self._error(exc)
         if error is not None:
             # Raised outside the except block so the SDK exception (whose request carries the
             # Authorization header) is not chained onto ours as __context__.
@@ -159,12 +149,27 @@ class OpenAIProvider(Provider):
             raw=redact(raw, self._secrets),
         )
 
-    def _status_error(self, exc: openai.APIStatusError) -> ModelError:
-        status = exc.status_code
-        code, etype, message = _error_fields(exc)
-        kind, retryable = classify_status(status, code, etype, message)
-        headers = exc.response.headers if exc.response is not None else None
-        return status_error(status, kind, retryable, message, headers, self._secrets)
+    def _error(self, exc: Exception) -> ModelError:
+        """What an exception from the SDK (or from decoding its body) means."""
+        if isinstance(exc, openai.APIStatusError):
+            status = exc.status_code
+            code, etype, message = _error_fields(exc)
+            kind, retryable = classify_status(status, code, etype, message)
+            headers = exc.response.headers if exc.response is not None else None
+            return status_error(status, kind, retryable, message, headers, self._secrets)
+        if isinstance(exc, openai.APIConnectionError):  # APITimeoutError is a subclass
+            # httpx-aiohttp reports a dropped connection as a connect *timeout*: look beneath.
+            dropped = _disconnect(exc)
+            if _undecodable(exc):  # e.g. a body that claims gzip and is not: the reply is bad
+                return ModelError("malformed response body (could not decode it)", retryable=True,
+                                  kind="malformed")
+            if isinstance(exc, openai.APITimeoutError) and dropped is None:
+                return timed_out(exc)
+            return ModelError(f"connection failed ({dropped or _cause(exc)})", retryable=True,
+                              kind="connection")
+        if isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)):
+            return malformed_body(exc, self._secrets)
+        return unexpected_error(exc, self._secrets)
 
     async def aclose(self) -> None:
         if self._client is not None:
