@@ -46,6 +46,14 @@ async def complete(m: Model, request: ModelRequest | None = None, records: list 
         await m.aclose()
 
 
+async def failing(srv: FakeServer, m: Model, records: list) -> tuple[ModelError, float, int]:
+    """Run a call that must fail: (its error, seconds it took, requests the server received)."""
+    t0 = time.monotonic()
+    with pytest.raises(ModelError) as info:
+        await complete(m, records=records)
+    return info.value, time.monotonic() - t0, srv.stats["received"]
+
+
 # --- the fake server's slow and huge answers ------------------------------------------------
 
 @pytest.mark.slow
@@ -104,13 +112,9 @@ async def test_attempt_timeout_is_wall_clock_not_per_read(provider, where):
     records: list = []
     async with FakeServer(faults=[FOREVER]) as srv:
         m = model(srv, provider, retry={"max_attempts": 1}, **limit)
-        t0 = time.monotonic()
-        with pytest.raises(ModelError) as info:
-            await complete(m, records=records)
-        elapsed = time.monotonic() - t0
-        received = srv.stats["received"]
+        error, elapsed, received = await failing(srv, m, records)
     assert elapsed < 10
-    assert (info.value.kind, info.value.retryable) == ("timeout", True)
+    assert (error.kind, error.retryable) == ("timeout", True)
     [record] = records
     assert (record.attempt, record.error_kind, record.response) == (1, "timeout", None)
     assert received == 1
@@ -125,13 +129,9 @@ async def test_retry_deadline_cuts_a_running_attempt_short(provider):
     async with FakeServer(faults=[FOREVER] * 10) as srv:
         m = model(srv, provider, timeout=60.0,
                   retry={"max_attempts": 5, "max_seconds": 1.5, "backoff_initial": 0.01})
-        t0 = time.monotonic()
-        with pytest.raises(ModelError) as info:
-            await complete(m, records=records)
-        elapsed = time.monotonic() - t0
-        received = srv.stats["received"]
+        error, elapsed, received = await failing(srv, m, records)
     assert elapsed < 10
-    assert info.value.kind == "timeout"
+    assert error.kind == "timeout"
     assert [r.error_kind for r in records] == ["timeout"] * len(records)
     assert len(records) == received >= 1  # every request that reached the server is recorded
 
@@ -141,12 +141,9 @@ async def test_retry_after_beyond_the_deadline_is_not_waited_for(provider):
     records: list = []
     async with FakeServer(faults=[{"kind": "rate_limit", "retry_after": 30}] * 3) as srv:
         m = model(srv, provider, retry={"max_attempts": 5, "max_seconds": 1.0})
-        t0 = time.monotonic()
-        with pytest.raises(ModelError) as info:
-            await complete(m, records=records)
-        elapsed = time.monotonic() - t0
+        error, elapsed, _ = await failing(srv, m, records)
     assert elapsed < 10  # not the 30 s the server asked for
-    assert info.value.kind == "rate_limit" and len(records) == 1
+    assert error.kind == "rate_limit" and len(records) == 1
 
 
 async def test_a_pause_another_call_started_does_not_outlast_the_deadline():
@@ -183,13 +180,9 @@ async def test_a_retry_does_not_wait_for_the_rpm_limiter_past_the_deadline():
     async with FakeServer(faults=["server_error"] * 3) as srv:
         m = model(srv, rpm=1, retry={"max_attempts": 5, "max_seconds": 1.5,
                                      "backoff_initial": 0.01, "backoff_max": 0.01})
-        t0 = time.monotonic()
-        with pytest.raises(ModelError) as info:
-            await complete(m, records=records)
-        elapsed = time.monotonic() - t0
-        received = srv.stats["received"]
+        error, elapsed, received = await failing(srv, m, records)
     assert elapsed < 30
-    assert info.value.kind == "server"
+    assert error.kind == "server"
     assert received == len(records) == 1
 
 
