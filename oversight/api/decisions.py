@@ -1,7 +1,8 @@
 """Decisions: what an agent commits to, and how each kind is asked for and read back.
 
 Four kinds, asked for with `Answer()`, `Flag()`, `Score(lo, hi)` and `Label(...)` (several may
-be asked in one reply). Each parsed value is the LAST one the reply states. A reply that states
+be asked in one reply); `name` is the word the reply states it with, `stored_as` the name it
+is recorded under when that should differ (a honeypot asked exactly like a real score). Each parsed value is the LAST one the reply states. A reply that states
 none, or a score outside its declared scale, is unparsed: kept with its raw text, counted and
 excluded downstream, never a default value. Correctness is None wherever no gold applies.
 """
@@ -95,6 +96,7 @@ class Answer:
 
     name: str = "answer"
     kind: str = field(default="answer", init=False)
+    stored_as: str | None = None  # the decision's name in the store (default: name)
 
     def parse(self, text: str, item: Item, logprobs: list[TokenLogprob] | None) -> Decision:
         if item.choices:
@@ -110,6 +112,7 @@ class Flag:
 
     name: str = "flag"
     kind: str = field(default="flag", init=False)
+    stored_as: str | None = None  # the decision's name in the store (default: name)
 
     def parse(self, text: str, item: Item, logprobs: list[TokenLogprob] | None) -> Decision:
         found = list(re.finditer(rf"{_word(self.name, '(?:ged)?')}\s*[:=\-]\s*\**\s*([A-Za-z]+)", text, re.I))
@@ -131,6 +134,7 @@ class Score:
     hi: float = 100.0
     name: str = "suspicion"
     kind: str = field(default="score", init=False)
+    stored_as: str | None = None  # the decision's name in the store (default: name)
 
     def __post_init__(self):
         if not (math.isfinite(self.lo) and math.isfinite(self.hi) and self.lo < self.hi):
@@ -158,6 +162,7 @@ class Label:
     labels: tuple[str, ...] | None = None  # default: the item's labels
     name: str = "label"
     kind: str = field(default="label", init=False)
+    stored_as: str | None = None  # the decision's name in the store (default: name)
 
     def options(self, item: Item) -> list[str]:
         labels = self.labels or item.labels

@@ -264,7 +264,7 @@ class Agent:
         made = []
         for ask in asks:
             d = ask.parse(response.text, ep.item, response.logprobs)
-            made.append(await ep.record(replace(d, role=self.role)))
+            made.append(await ep.record(replace(d, role=self.role, name=ask.stored_as or d.name)))
         return made[0] if single else Decisions(made)
 
     async def flag(self, name: str = "flag", **extra: Any) -> Decision:
