@@ -33,14 +33,13 @@ def provider_class(name: str) -> type[Provider]:
     return getattr(importlib.import_module(module), attr)
 
 
+from .groups import CallGroup, call_group  # noqa: E402
 from .model import (  # noqa: E402
     Budget,
     BudgetExhausted,
-    CallGroup,
     CallRecord,
     CallSink,
     Model,
     ResponseCache,
     cache_key,
-    call_group,
 )

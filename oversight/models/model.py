@@ -18,7 +18,6 @@ import hashlib
 import json
 import random
 import time
-from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable, Protocol
 
@@ -26,6 +25,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from ..errors import ModelError
 from .base import ModelConfig, ModelRequest, ModelResponse, Provider, TokenLogprob, attempt_timeout
+from .groups import call_group, check_group
 from .pricing import cost_usd, price_for
 
 
@@ -47,41 +47,6 @@ class CallRecord:
 
 
 CallSink = Callable[[CallRecord], Awaitable[None] | None]
-
-
-class CallGroup:
-    """Calls given up together (say, the simultaneous turns of one episode).
-
-    Once the group or its `parent` is abandoned, a call made under it (see `call_group`)
-    sends no further request: it raises ModelError(kind="abandoned"). Attempts already in
-    flight may finish; `in_flight` holds the tasks inside a provider call right now.
-    """
-
-    def __init__(self, parent: CallGroup | None = None):
-        self.parent = parent
-        self.in_flight: set[asyncio.Task] = set()
-        self._reason: str | None = None
-
-    def abandon(self, reason: str) -> None:
-        if self._reason is None:
-            self._reason = reason
-
-    @property
-    def abandoned(self) -> str | None:
-        """Why this group (or an ancestor) was abandoned; None while it is live."""
-        if self._reason is not None:
-            return self._reason
-        return self.parent.abandoned if self.parent is not None else None
-
-
-# The group the current task's model calls belong to (a task inherits it from its creator).
-call_group: ContextVar[CallGroup | None] = ContextVar("call_group", default=None)
-
-
-def _check_group() -> None:
-    group = call_group.get()
-    if group is not None and (reason := group.abandoned) is not None:
-        raise ModelError(f"abandoned: {reason}", kind="abandoned", retryable=False)
 
 
 class _Deadline:
@@ -228,14 +193,14 @@ class Model:
         pause = self._wait_after(first, 1)
         if deadline.passed_by(time.monotonic() + pause):
             raise first  # the next attempt would start after the call's deadline
-        _check_group()
+        check_group()
         await asyncio.sleep(pause)
         last = first
         retrying = AsyncRetrying(
             stop=stop_after_attempt(policy.max_attempts - 1)
             | (lambda state: deadline.passed_by(time.monotonic() + state.upcoming_sleep)),
             wait=self._wait, retry=retry_if_exception(lambda e: isinstance(e, ModelError) and e.retryable),
-            before_sleep=lambda _: _check_group(), reraise=True)
+            before_sleep=lambda _: check_group(), reraise=True)
         try:
             async for attempt in retrying:
                 with attempt:
@@ -253,7 +218,7 @@ class Model:
 
     async def _attempt(self, request: ModelRequest, number: int, key: str | None,
                        sink: CallSink | None, deadline: _Deadline) -> ModelResponse:
-        _check_group()
+        check_group()
         endpoint = _endpoint_semaphore(self.config)  # looked up in the running loop
         if deadline.at is None:
             await self._take_turn(request, endpoint, deadline)
@@ -266,7 +231,7 @@ class Model:
         try:
             if self.budget is not None:  # checked once a slot is free: calls queued behind a
                 self.budget.check()      # cap do not all start after the budget is gone
-            _check_group()
+            check_group()
             now = time.monotonic()
             if deadline.at is None:  # the call's clock starts with its first request
                 deadline.at = now + deadline.seconds
