@@ -70,12 +70,6 @@ def _store(db: str | None, *, create: bool = False):
         raise _fail(str(exc)) from None
 
 
-def _safe_url(url: str) -> str:
-    """A store URL fit to print: a PostgreSQL password never reaches the terminal or logs."""
-    from ..store import safe_url
-    return safe_url(url)
-
-
 def _resolve_runs(store, refs: list[str]) -> list[str]:
     ids = []
     for ref in refs:
@@ -167,6 +161,7 @@ def _execute(loaded, library, db, *, retry_failed: bool, no_cache: bool,
     from ..batch.workers import LEASE_SECONDS
     from ..errors import OversightError, StoreError
     from ..models import Budget
+    from ..store import safe_url
     from .interrupts import run_until_signal
     budget = None
     if budget_usd is not None or budget_tokens is not None or loaded.spec.budget.usd or loaded.spec.budget.tokens:
@@ -176,7 +171,7 @@ def _execute(loaded, library, db, *, retry_failed: bool, no_cache: bool,
     store = _store(db, create=True)
     err = _console(stderr=True)
     err.print(f"[bold]{loaded.run_id}[/]: {len(loaded.plans)} episodes "
-              f"({len(loaded.items)} items) → {escape(_safe_url(store.url))}")
+              f"({len(loaded.items)} items) → {escape(safe_url(store.url))}")
     earlier = [r for r in store.same_spec(loaded.spec.name, loaded.spec_hash) if r["id"] != loaded.run_id]
     if earlier and loaded.code is not None:
         from ..batch.identity import changed
