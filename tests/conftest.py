@@ -1,4 +1,5 @@
 import pytest
+from conftest_pg import pg_server, pg_url  # noqa: F401 - PostgreSQL fixtures
 
 # --- real local model server ---
 # One gemma-3-270m llama.cpp server for the whole session, started through the same code path

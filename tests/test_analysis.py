@@ -125,12 +125,12 @@ def test_cost_only_when_every_episode_is_priced():
 
 def test_to_dataframe_without_pandas_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)  # makes `import pandas` fail
-    with pytest.raises(ImportError, match="pip install pandas"):
+    with pytest.raises(ImportError, match="pip install .oversight\[analysis\]."):
         to_dataframe([row(1)])
 
 
 def test_to_dataframe_with_pandas():
-    pd = pytest.importorskip("pandas")
+    import pandas as pd
     df = to_dataframe([row(1, assignment={"consultant": {"answer": 0, "correct": True}})])
     assert isinstance(df, pd.DataFrame)
     assert df.loc[0, "assignment_label"] == "consultant correct"

@@ -199,41 +199,59 @@ def _dead_pid() -> int:
     return proc.pid
 
 
+def _run_with_lease(path, db, lease_seconds):
+    """`run`, with a short lease (and so a short wait between looks at other workers' leases)."""
+    registry, prompts = load_all()
+    loaded = load_spec(path, registry, prompts=prompts)  # (the run `run` made: same code)
+    store = Store(db)
+    try:
+        return asyncio.run(run_batch(loaded, store, prompts, lease_seconds=lease_seconds,
+                                     models={a: Model(a, c) for a, c in loaded.models.items()}))
+    finally:
+        store.close()
+
+
+def _epoch(iso: str) -> float:
+    from datetime import datetime
+    return datetime.fromisoformat(iso).timestamp()
+
+
 @pytest.mark.parametrize("holder, taken", [
     ("elsewhere.example:123:abcd", False),      # live lease of a worker on another machine
     (f"{socket.gethostname()}:DEAD:abcd", True),  # a worker of this machine that is gone
 ])
 def test_live_leases_are_never_taken_and_dead_workers_are_replaced(tmp_path, holder, taken):
+    """A dead worker of this machine gives its episodes up at once; a live lease elsewhere is
+    waited for (never taken) and, once it has run out, taken over by the same worker, which
+    then finishes the run."""
     path = spec(tmp_path, [direct()], {"m": mock()}, limit=6)
     db = tmp_path / "s.db"
     assert run(path, db).summary.status == "finished"
     held = [e["id"] for e in episodes(db)][:3]
     owner = holder.replace("DEAD", str(_dead_pid()))
-    _lease(db, held, owner, 600)  # three episodes "in flight" elsewhere, for ten minutes
+    # three episodes "in flight": for ten minutes on this machine, for 1.5 s elsewhere
+    _lease(db, held, owner, 600 if taken else 1.5)
+    expires = {r["id"]: r["lease_expires"] for r in episodes(db) if r["id"] in held}
     before = {i: scalar(db, "SELECT count(*) FROM model_calls WHERE episode_id = ?", i)
               for i in held}
-    result = run(path, db)
-    if taken:
-        assert result.summary.counts == {"done": 3} and result.summary.status == "finished"
-        for i in held:  # redone from scratch: the old attempt's rows replaced, not added to
-            assert scalar(db, "SELECT count(*) FROM model_calls WHERE episode_id = ?", i) == 1
-    else:
-        assert result.summary.counts == {"skipped": 3}
-        assert result.summary.status == "running" and result.summary.others == 3
-        assert result.total_calls() == 0
-        assert {i: scalar(db, "SELECT count(*) FROM model_calls WHERE episode_id = ?", i)
-                for i in held} == before
-        assert scalar(db, "SELECT status FROM runs") == "running"
-        _lease(db, held, owner, -1)  # the lease ran out: the worker is dead
-        result = run(path, db)
-        assert result.summary.counts == {"done": 3} and result.summary.status == "finished"
+    assert set(before.values()) == {1}
+    summary = run(path, db).summary if taken else _run_with_lease(path, db, 1.0)
+    assert summary.counts == {"done": 3} and summary.status == "finished"
+    for i in held:  # redone from scratch: the old attempt's rows replaced, not added to
+        assert scalar(db, "SELECT count(*) FROM model_calls WHERE episode_id = ?", i) == 1
+    if not taken:  # waited for: started only once the holder's lease had run out
+        for e in episodes(db):
+            if e["id"] in held:
+                assert _epoch(e["started_at"]) >= expires[e["id"]] - 0.01
     assert {e["status"] for e in episodes(db)} == {"done"}
     assert all(e["lease_owner"] is None for e in episodes(db))
+    assert scalar(db, "SELECT status FROM runs") == "finished"
 
 
 def test_a_lost_lease_stops_its_episode_and_drops_its_rows(tmp_path):
     """Another worker takes over an episode this one is running (its lease lapsed while the
-    process was stalled): this worker stops it and writes nothing more for it."""
+    process was stalled): this worker stops it and writes nothing more for it, then waits
+    for the taker (alive: it holds a live lease) to finish it, and never runs it again."""
     path = spec(tmp_path, [direct()], {"m": mock(delay=1.0)}, limit=2)
     registry, prompts = load_all()
     loaded = load_spec(path, registry)
@@ -249,8 +267,14 @@ def test_a_lost_lease_stops_its_episode_and_drops_its_rows(tmp_path):
             time.sleep(0.02)
         import sqlite3
         con = sqlite3.connect(db, timeout=30)
+        with con:  # taken over, for ten minutes
+            con.execute("""UPDATE episodes SET lease_owner = 'thief:1:x',
+                           lease_expires = (julianday('now') - 2440587.5) * 86400.0 + 600
+                           WHERE status = 'running'""")
+        time.sleep(2.0)  # the thief runs them (it stores nothing here), then finishes them
         with con:
-            con.execute("UPDATE episodes SET lease_owner = 'thief:1:x' WHERE status = 'running'")
+            con.execute("UPDATE episodes SET status = 'done', lease_owner = NULL, "
+                        "lease_expires = NULL WHERE lease_owner = 'thief:1:x'")
         con.close()
 
     thief = threading.Thread(target=steal)
@@ -260,9 +284,10 @@ def test_a_lost_lease_stops_its_episode_and_drops_its_rows(tmp_path):
     finally:
         thief.join()
         store.close()
-    assert summary.counts == {"lost": 2}
+    assert summary.counts == {"lost": 2, "skipped": 2}  # lost here, then finished by the thief
+    assert summary.status == "finished"
     for e in episodes(db):
-        assert e["status"] == "running" and e["lease_owner"] == "thief:1:x"
+        assert e["status"] == "done" and e["lease_owner"] is None
     assert scalar(db, "SELECT count(*) FROM model_calls") == 0
     assert scalar(db, "SELECT count(*) FROM messages") == 0
 

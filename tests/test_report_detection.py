@@ -107,7 +107,7 @@ def test_json_reports_the_hand_computed_figures(db):
                  "--budget", "1")
     assert result.exit_code == 0, result.output
     rep = strict_json(result.stdout)
-    assert rep["format"] == "oversight.report/1"
+    assert rep["format"] == "oversight.report/2"
     assert rep["settings"]["budgets"] == [0.25, 0.5, 1.0]
     assert rep["settings"]["truths"] == ["intent", "outcome"]
     det = {(d["detector"], d["truth"]): d for d in rep["detection"]}

@@ -165,6 +165,11 @@ def test_a_version_1_database_upgrades_with_nothing_lost(tmp_path):
             [(i["id"], i["dataset"], i["input"], i["choices"], int(i["target"]), i["context"],
               i["source"], i["license"], i["meta"]) for i in new_items]
         assert {i["kind"] for i in new_items} == {"choice"}
+        # m006: the document of each item, from its context (items sharing one share it)
+        import hashlib
+        assert [i["document"] for i in new_items] == [
+            "context:" + hashlib.sha256(i["context"].encode()).hexdigest()[:16] if i["context"]
+            else None for i in old_items]
         new_episodes = rows(db, "SELECT * FROM episodes ORDER BY id")
         assert [e["misaligned"] for e in old_episodes] == [e["intent"] for e in new_episodes]
         made = rows(db, "SELECT * FROM decisions ORDER BY episode_id, idx")
@@ -184,6 +189,43 @@ def test_a_version_1_database_upgrades_with_nothing_lost(tmp_path):
             assert conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall() == []
     finally:
         store.close()
+
+
+def test_big_counters_are_a_no_op_on_sqlite_whose_integer_is_64_bit(tmp_path):
+    """m007 widens counters on PostgreSQL only: on SQLite it is stamped and changes nothing
+    (an old store keeps its INTEGER columns, a new one declares BIGINT, both INTEGER affinity);
+    either stores and reads back a count past 2**31 exactly."""
+    from oversight.store.migrations import m007_big_counters
+
+    old = tmp_path / "v1.db"
+    con = sqlite3.connect(old)
+    con.executescript((DATA / "store_v1.sql").read_text(encoding="utf-8"))
+    con.close()
+    Store(old).close()
+    schema = rows(old, "SELECT name, sql FROM sqlite_master ORDER BY name")
+    assert "m007_big_counters" in {r["name"] for r in rows(old, "SELECT name FROM schema_migrations")}
+    store = Store(old)
+    try:
+        with store.engine.begin() as conn:
+            m007_big_counters(conn)  # again, by hand: still nothing
+    finally:
+        store.close()
+    assert rows(old, "SELECT name, sql FROM sqlite_master ORDER BY name") == schema
+
+    new = tmp_path / "new.db"
+    run(mixed_spec(tmp_path, limit=1), new)
+    declared = {r["name"]: r["type"] for r in rows(new, "PRAGMA table_info(model_calls)")}
+    assert declared["tokens_in"] == "BIGINT" and declared["id"] == "INTEGER"
+    for db in (old, new):
+        con = sqlite3.connect(db)
+        with con:
+            con.execute("UPDATE runs SET replaced_tokens = 6000000001")
+            con.execute("UPDATE episodes SET tokens_in = 3000000000")
+        con.close()
+        assert {r["replaced_tokens"] for r in rows(db, "SELECT replaced_tokens FROM runs")} \
+            == {6_000_000_001}
+        assert {r["tokens_in"] for r in rows(db, "SELECT tokens_in FROM episodes")} \
+            == {3_000_000_000}
 
 
 # -- resume ---------------------------------------------------------------------------------

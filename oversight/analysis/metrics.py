@@ -144,17 +144,3 @@ def summarise(rows: Iterable[dict], **bootstrap: Any) -> list[dict]:
             "by_label": labels if len(labels) > 1 else [],
         })
     return out
-
-
-def to_dataframe(rows: Iterable[dict]):
-    """A pandas DataFrame of result rows plus an `assignment_label` column.
-
-    pandas is not a dependency of oversight: install it yourself for notebooks.
-    """
-    try:
-        import pandas as pd
-    except ImportError:
-        raise ImportError("to_dataframe needs pandas, which oversight does not install: "
-                          "pip install pandas") from None
-    rows = [{**r, "assignment_label": assignment_label(r.get("assignment"))} for r in rows]
-    return pd.DataFrame(rows)

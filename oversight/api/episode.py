@@ -49,6 +49,18 @@ class Message:
         return self.visible_to is None or role in self.visible_to or role == self.role
 
 
+@dataclass(frozen=True)
+class Source:
+    """A stored episode being judged again: what its deciding `role` saw (`transcript`), the
+    decisions it made, to be asked anew (`asks`), and the episode's outcome truth."""
+
+    episode_id: int
+    role: str
+    transcript: tuple[Message, ...]
+    asks: tuple[Any, ...]
+    outcome: bool | None = None
+
+
 class Recorder(Protocol):
     async def message(self, message: Message, response: ModelResponse | None, latency: float) -> None: ...
     async def call(self, record: CallRecord, role: str) -> None: ...
@@ -70,7 +82,7 @@ class Episode:
     def __init__(self, *, item: Item, protocol: ProtocolDef, params: BaseModel,
                  models: dict[str, Model], assignment: dict[str, int],
                  dispositions: dict[str, str], prompts: PromptLibrary,
-                 recorder: Recorder | None = None):
+                 recorder: Recorder | None = None, source: "Source | None" = None):
         self.item = item
         self.protocol = protocol
         self.params = params
@@ -78,7 +90,9 @@ class Episode:
         self.dispositions = dispositions
         self.prompts = prompts
         self.recorder = recorder or NullRecorder()
-        self.transcript: list[Message] = []
+        self.source = source  # a stored episode judged again (oversight rejudge), else None
+        # A re-judging starts from the stored transcript; it is not recorded again.
+        self.transcript: list[Message] = list(source.transcript) if source else []
         self.decisions: list[Decision] = []
         self.blind_item = item.without_context()  # what roles without the context are shown
         self.outcome: bool | None = None  # set by the protocol: was the artefact bad?

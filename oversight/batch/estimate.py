@@ -82,7 +82,7 @@ async def run_episode(plan: EpisodePlan, models: dict[str, Model], prompts: Prom
     ep = Episode(item=plan.item, protocol=plan.protocol, params=plan.params,
                  models={r: models[a] for r, a in plan.roles.items()},
                  assignment=dict(plan.assignment.answers), dispositions=plan.dispositions,
-                 prompts=prompts)
+                 prompts=prompts, source=plan.source)
     return await plan.protocol.fn(ep, **plan.params.model_dump())
 
 

@@ -28,6 +28,7 @@ from ..errors import SpecError
 from ..tasks.items import Item
 
 if TYPE_CHECKING:
+    from ..api.episode import Source
     from ..models import ModelConfig
     from .spec import BatchSpec, ProtocolSpec
 
@@ -46,6 +47,7 @@ class EpisodePlan:
     dispositions: dict[str, str]  # every role's, the arm's included
     seed: int
     entry: int = 0  # index of the [[protocols]] entry that planned it
+    source: Source | None = None  # a re-judging's stored episode (batch/rejudge.py)
 
     @property
     def intent(self) -> list[str]:

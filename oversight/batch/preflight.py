@@ -37,7 +37,8 @@ def check_dispositions(loaded: LoadedSpec, prompts: PromptLibrary) -> None:
     seen = set()
     for p in loaded.plans:
         for role, d in p.dispositions.items():
-            if d == "honest" or (p.entry, role, d) in seen:
+            # a role the protocol does not have (a re-judging keeps its source's) renders nothing
+            if d == "honest" or role not in p.protocol.roles or (p.entry, role, d) in seen:
                 continue
             seen.add((p.entry, role, d))
             try:

@@ -3,13 +3,15 @@
 Each episode's messages, calls and decisions are written as they happen; its truths and final
 status when it finishes. Re-running a spec skips finished episodes, redoes
 ones cut off mid-way, and redoes failed ones only with retry_failed.
+
+Several workers may run one spec on one store: each episode is leased to one of them. A
+worker whose own share is done waits for the episodes others hold, and takes over those
+whose holder died (its lease ran out): the last worker standing finishes the run.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import time
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -24,10 +26,11 @@ from ..errors import OversightError, StoreError
 from ..models import Budget, BudgetExhausted, CallRecord, Model, ModelResponse
 from ..models.totals import Totals
 from ..store import JSONText, Store, Writer, decisions, messages, model_calls, safe_url, utcnow
-from ..store.writer import write_failure
+from ..store.writer import GIVE_UP_AFTER, write_failure
+from ..tuning import quiet_gc
 from .cache import StoreCache
 from .spec import EpisodePlan, LoadedSpec
-from .workers import LEASE_SECONDS, Claims, dead_workers, worker_id
+from .workers import LEASE_SECONDS, Claims, dead_workers, wait_poll, worker_id
 
 MESSAGES, CALLS, DECISIONS = messages, model_calls, decisions
 
@@ -53,11 +56,17 @@ class RunSummary:
     status: str = "running"
     planned: int = 0
     skipped: int = 0
+    # This worker's attempts by how they ended (done, failed, stopped, lost: its lease ran
+    # out mid-way and another worker may have taken it), and `skipped`: episodes another
+    # worker saw to the end (or still held when this one stopped). An attempt lost and then
+    # finished is counted under both.
     counts: dict[str, int] = field(default_factory=dict)
     usage: Totals = field(default_factory=Totals)  # this worker's calls
     worker: str = ""
     states: dict[str, int] = field(default_factory=dict)  # the run's episodes by status
-    others: int = 0  # episodes other live workers hold when this one stopped
+    # episodes other live workers hold when this one stopped (it waits for those of its
+    # own plans, so: some beyond them, or it was stopped by Ctrl-C, SIGTERM or its budget)
+    others: int = 0
 
 
 class StoreRecorder:
@@ -135,6 +144,7 @@ def _episode_row(plan: EpisodePlan, run_id: str, configs: dict) -> dict:
             "intent": plan.intent, "treatment": plan.assignment.label,
             "decides": plan.protocol.decides, "roles": plan.roles,
             "models": {a: configs[a] for a in set(plan.roles.values())}, "seed": plan.seed,
+            "source_episode_id": plan.source.episode_id if plan.source else None,
             "status": "pending", "n_calls": 0, "tokens_in": 0, "tokens_out": 0,
             "tokens_cached": 0, "cache_hits": 0}
 
@@ -145,7 +155,10 @@ async def run_batch(loaded: LoadedSpec, store: Store, prompts: PromptLibrary, *,
                     budget: Budget | None = None,
                     lease_seconds: float = LEASE_SECONDS) -> RunSummary:
     """Run every pending episode of a spec; safe to call again to resume, and to run in
-    several processes at once on one store (each episode is leased to one worker). A store
+    several processes at once on one store (each episode is leased to one worker). Once its
+    own share is done, a worker waits for the episodes other workers hold, and runs those
+    whose lease runs out (a dead worker's) itself: it returns when none of the run's
+    episodes is left to another worker, unless stopped (Ctrl-C, SIGTERM, its budget). A store
     that refuses a write (locked past its timeout, full, read-only) raises StoreError."""
     try:
         return await _run_batch(loaded, store, prompts, retry_failed=retry_failed,
@@ -189,6 +202,11 @@ async def _run_batch(loaded: LoadedSpec, store: Store, prompts: PromptLibrary, *
                     batch=loaded.spec.concurrency, retry_failed=retry_failed)
     active: dict[int, asyncio.Task] = {}
     lost: set[int] = set()
+    # Episodes another worker held when this one came to them (or took from it): waited for
+    # once this worker's share is done (see_others_through), and counted when they end.
+    waiting: set[int] = set()
+    plan_of = {ids[p.key][0]: p for p, _ in pending}
+    rank = {ep_id: i for i, ep_id in enumerate(plan_of)}
 
     async def one(plan: EpisodePlan) -> None:
         try:
@@ -204,21 +222,70 @@ async def _run_batch(loaded: LoadedSpec, store: Store, prompts: PromptLibrary, *
                 return  # never started: stays pending for the next run
             ep_id = ids[plan.key][0]
             if not await claims.take(ep_id):
-                result = "skipped"  # another worker runs it
-            else:
-                task = asyncio.ensure_future(run_episode(plan, ep_id, prompts, models, writer,
-                                                         progress, summary))
-                active[ep_id] = task
-                try:
-                    result = await task
-                except asyncio.CancelledError:
-                    if ep_id not in lost or asyncio.current_task().cancelling():
-                        raise
-                    result = "lost"  # its lease ran out and another worker may have it
-                finally:
-                    del active[ep_id]
+                waiting.add(ep_id)  # another worker runs it
+                return
+            task = asyncio.ensure_future(run_episode(plan, ep_id, prompts, models, writer,
+                                                     progress, summary))
+            active[ep_id] = task
+            try:
+                result = await task
+            except asyncio.CancelledError:
+                if ep_id not in lost or asyncio.current_task().cancelling():
+                    raise
+                result = "lost"  # its lease ran out and another worker may have it
+                lost.discard(ep_id)  # (a later claim of it may be lost again)
+                waiting.add(ep_id)
+            finally:
+                del active[ep_id]
+        count(result, shown=result != "lost")
+
+    def count(result: str, shown: bool = True) -> None:
         summary.counts[result] = summary.counts.get(result, 0) + 1
-        progress.episode(result)
+        if shown:  # once per episode: an episode lost here is shown when it ends
+            progress.episode(result)
+
+    async def see_others_through() -> None:
+        """After this worker's share: wait for the episodes in `waiting` until their holder
+        finishes them (counted as skipped) or its lease ends (run out by the database's clock,
+        or its worker gone from this host); claim and run those, as any claim, and look again
+        until none is left to another worker. A live lease is never taken; the claim is atomic,
+        so two workers waiting on one dead worker never run the same episode."""
+        poll, misses = wait_poll(lease_seconds), 0
+        while waiting and not (budget is not None and budget.exhausted):
+            try:
+                unfinished = await asyncio.to_thread(store.open_episodes, run_id)
+                misses = 0
+            except Exception as exc:  # noqa: BLE001 - a busy store: look again, then give up
+                misses += 1
+                if misses >= GIVE_UP_AFTER:
+                    stop(_store_error(store, exc))  # (cancels this wait)
+                await asyncio.sleep(poll)
+                continue
+            for ep_id in sorted(waiting - unfinished.keys()):  # done (or failed) elsewhere
+                waiting.discard(ep_id)
+                count("skipped")
+            holders = {unfinished[ep_id][0] for ep_id in waiting if unfinished[ep_id][1]}
+            if dead := dead_workers(holders - {owner}):  # e.g. kill -9 on this host
+                await asyncio.to_thread(store.expire_leases, dead)
+            free = sorted((ep_id for ep_id in waiting if not unfinished[ep_id][1]
+                           or unfinished[ep_id][0] in dead), key=rank.__getitem__)
+            if free:
+                # Nothing of an attempt this worker lost may still be queued when it claims
+                # the episode again: written now, the writer drops it (the lease was not ours)
+                # and reports the loss, which must not stop the new attempt.
+                try:
+                    await asyncio.to_thread(writer.flush)
+                except Exception:  # noqa: BLE001 - the writer's own loop reports a failing store
+                    await asyncio.sleep(poll)
+                    continue
+                for ep_id in writer.take_lost():
+                    lose(ep_id)
+                waiting.difference_update(free)
+                claims.again(free)
+                await asyncio.gather(*(one(plan_of[ep_id]) for ep_id in free))
+                if not waiting.issuperset(free):
+                    continue  # some ran here (or the budget ran out): look again at once
+            await asyncio.sleep(poll)  # nothing to take yet: the holders are alive
 
     def lose(ep_id: int) -> None:
         claims.forget(ep_id)
@@ -230,6 +297,10 @@ async def _run_batch(loaded: LoadedSpec, store: Store, prompts: PromptLibrary, *
         while True:
             await asyncio.sleep(lease_seconds / 4)
             held = sorted([*active, *claims.unstarted()])
+            if not held:  # (waiting for other workers' episodes)
+                for ep_id in writer.take_lost():
+                    lose(ep_id)
+                continue
             try:
                 renewed = await asyncio.to_thread(store.renew_leases, held, owner, lease_seconds)
             except Exception:  # noqa: BLE001 - a busy store: the writer renews on every flush
@@ -255,8 +326,11 @@ async def _run_batch(loaded: LoadedSpec, store: Store, prompts: PromptLibrary, *
     keeper = asyncio.create_task(keep_leases())
     stopped = None
     try:
-        with _batch_gc():
+        with quiet_gc():
             await asyncio.gather(*(one(plan) for plan, _ in pending))
+            await see_others_through()
+        for _ in range(len(waiting)):  # stopped by the budget: left to their holders
+            count("skipped")
         if budget is not None and budget.exhausted and summary.counts.get("done", 0) < len(pending):
             stopped = "budget_exhausted"
     except asyncio.CancelledError:
@@ -311,23 +385,6 @@ def _settle(store: Store, summary: RunSummary, stopped: str | None) -> None:
                                                                       summary.worker, decide)
 
 
-@contextlib.contextmanager
-def _batch_gc():
-    """Tune the cyclic garbage collector for the batch. With the default thresholds it ran
-    ~850 times in a 2,000-call run, and each full pass walked the ~1,000 classes the SDKs
-    define: ~15% of the run's CPU. Freezing what exists before the batch (it lives until
-    exit anyway) and collecting the youngest generation every 50,000 allocations instead of
-    700 cut that to ~4% (bench/RESULTS.md). Cycles are still collected, only less often."""
-    threshold = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*threshold)
-        gc.unfreeze()
-
-
 async def _close(models) -> None:
     await asyncio.gather(*(m.aclose() for m in models), return_exceptions=True)
 
@@ -341,7 +398,7 @@ async def run_episode(plan: EpisodePlan, ep_id: int, prompts: PromptLibrary,
     ep = Episode(item=item, protocol=plan.protocol, params=plan.params,
                  models={r: models[a] for r, a in plan.roles.items()},
                  assignment=dict(plan.assignment.answers), dispositions=plan.dispositions,
-                 prompts=prompts, recorder=recorder)
+                 prompts=prompts, recorder=recorder, source=plan.source)
     t0 = time.perf_counter()
 
     def finish(status: str, error: str | None = None) -> str:

@@ -12,8 +12,19 @@ from ..store import Store
 
 # How long a worker's claim on an episode lasts without renewal (renewed every quarter of
 # it): a dead worker's episodes are taken over this long after it stopped renewing, or at
-# once by a worker on the same host, which can see that its process is gone.
+# once by a worker on the same host, which can see that its process is gone. Taken over by
+# a surviving worker of the run, which waits for them once its own share is done
+# ($OVERSIGHT_LEASE_SECONDS sets it for `oversight run`).
 LEASE_SECONDS = 60.0
+
+# A worker whose own share is done and that waits for episodes other workers hold looks at
+# the store this often (at most), and at least four times per lease.
+WAIT_POLL_SECONDS = 5.0
+
+
+def wait_poll(lease_seconds: float) -> float:
+    """Seconds between two looks at the store while waiting for other workers' episodes."""
+    return min(WAIT_POLL_SECONDS, lease_seconds / 4)
 
 
 class Claims:
@@ -47,6 +58,15 @@ class Claims:
                     self.decided.update({i: i in f.result() for i in chunk}))
                 await asyncio.shield(self._claiming)
             return self.decided.pop(ep_id)
+
+    def again(self, ids: list[int]) -> None:
+        """From now on take these episodes, in this order: ones given up earlier because another
+        worker held them, whose lease has since ended. Claimed like any others (a batch at a
+        time, partial rows replaced), but never as a retry of a failed episode: one that another
+        worker failed meanwhile is finished."""
+        self.order = list(ids)
+        self.position = {ep_id: i for i, ep_id in enumerate(self.order)}
+        self.retry_failed = False
 
     async def settle(self) -> None:
         """Wait for a claim still running in its thread (after the batch was cancelled)."""

@@ -81,36 +81,6 @@ def _resolve_runs(store, refs: list[str]) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def _print_report(store, run_ids: list[str], *, as_json: bool = False,
-                  budgets: list[float] | None = None) -> None:
-    """The report of the runs (analysis.report.Report): rich tables, or strict JSON on stdout."""
-    from ..analysis.flagging import DEFAULT_BUDGETS
-    from ..analysis.report import build_report
-    report = build_report(store, run_ids, budgets=budgets or DEFAULT_BUDGETS)
-    if as_json:
-        typer.echo(report.to_json())
-        return
-    from .render import report_view
-    _console().print(report_view(report))
-
-
-def _parse_budgets(values: list[str] | None) -> list[float] | None:
-    """--budget values: a fraction (0.05) or a percentage (5%), each in [0, 1]."""
-    import math
-    out = []
-    for v in values or []:
-        text = v.strip()
-        try:
-            b = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-        except ValueError:
-            b = math.nan
-        if not 0 <= b <= 1:
-            raise _fail(f"--budget: expected a fraction in [0, 1] (0.05) or a percentage (5%), "
-                        f"got {v[:40]!r}")
-        out.append(b)
-    return out or None
-
-
 @app.command()
 def run(spec: Annotated[Path, typer.Argument(metavar="SPEC.toml", help="The batch spec (TOML)")],
         db: DbOpt = None,
@@ -143,6 +113,51 @@ def run(spec: Annotated[Path, typer.Argument(metavar="SPEC.toml", help="The batc
         return
     _execute(loaded, library, db, retry_failed=retry_failed, no_cache=no_cache,
              budget_usd=budget_usd, budget_tokens=budget_tokens, quiet=quiet)
+
+
+@app.command()
+def rejudge(run_ref: Annotated[str, typer.Argument(metavar="RUN", help="The run whose transcripts to judge again")],
+            model: Annotated[str, typer.Option("--model", metavar="MODEL", help="The new judge: "
+                                               "'provider/model' or a model alias of RUN's spec")],
+            role: Annotated[str | None, typer.Option("--role", metavar="ROLE", help="The role to "
+                                                     "judge again (default: RUN's deciding role)")] = None,
+            db: DbOpt = None, protocols: ProtoOpt = None, prompts: PromptOpt = None,
+            concurrency: Annotated[int, typer.Option(min=1, max=100_000, help="Episodes in flight at once")] = 16,
+            no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor fill the response cache")] = False,
+            budget_usd: Annotated[float | None, typer.Option(min=0, metavar="USD", help="Stop at this spend")] = None,
+            variant: Annotated[list[str] | None, typer.Option("--variant", metavar="VARIANT", help="Only this variant's episodes (repeatable)")] = None,
+            where: Annotated[list[str] | None, typer.Option("--where", metavar="PARAM=VALUE", help="Only episodes whose protocol parameter PARAM is VALUE (repeatable)")] = None,
+            limit: Annotated[int | None, typer.Option(min=1, metavar="N", help="Only the first N episodes chosen")] = None,
+            quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display")] = False) -> None:
+    """Judge a run's stored transcripts again with another model (or prompts): a new run whose
+    episodes point to the originals, which stay as they are. Re-running resumes it."""
+    from ..batch.preflight import preflight
+    from ..batch.rejudge import load_rejudge
+    from ..errors import OversightError
+
+    registry, library = _plugins(protocols, prompts)
+    reader = _store(db)
+    (run_id,) = _resolve_runs(reader, [run_ref])
+    source = reader.run(run_id)
+    role = role or reader.deciding_role(run_id)
+    if role is None:
+        raise _fail(f"--role: run {run_id} has no finished episode with a deciding role; name one")
+    from .review import parse_where
+    filters = parse_where(where)
+    command = " ".join(["oversight rejudge", run_id, "--role", role, "--model", model,
+                        *(f"--prompts {p}" for p in prompts or []),
+                        *(f"--variant {v}" for v in variant or []),
+                        *(f"--where {w}" for w in where or []),
+                        *([f"--limit {limit}"] if limit else [])])
+    try:
+        loaded = load_rejudge(reader, source, role, model, registry, library, command,
+                              concurrency, variants=variant, where=filters, limit=limit)
+        preflight(loaded, library)
+    except OversightError as exc:
+        raise _oversight_error(exc) from None
+    reader.close()
+    _execute(loaded, library, db, retry_failed=False, no_cache=no_cache, budget_usd=budget_usd,
+             budget_tokens=None, quiet=quiet)
 
 
 EXIT_SIGNAL = {"SIGINT": EXIT_INTERRUPTED, "SIGTERM": 143}  # 128 + the signal's number
@@ -207,7 +222,8 @@ def _execute(loaded, library, db, *, retry_failed: bool, no_cache: bool,
                   "kept and the ones in flight will be redone. Re-run the same command to resume.")
         raise typer.Exit(EXIT_SIGNAL.get(caught, EXIT_INTERRUPTED))
 
-    _print_report(store, [summary.run_id])
+    from .review import print_report
+    print_report(store, [summary.run_id])
     states = summary.states
     left = sum(n for s, n in states.items() if s != "done")
     if summary.status == "running":
@@ -353,22 +369,6 @@ def show(episode_id: Annotated[int, typer.Argument(metavar="EPISODE_ID", help="E
     if data is None:
         raise _fail(f"no episode {episode_id} in this store")
     _console().print(episode_view(data, raw=raw))
-
-
-@app.command()
-def report(run_refs: Annotated[list[str], typer.Argument(
-               metavar="RUN", help="Run id, unique id prefix, or run name (latest)")],
-           db: DbOpt = None,
-           as_json: Annotated[bool, typer.Option("--json", help="The whole report as JSON on stdout "
-                                                 "(strict: null for missing or non-finite figures)")] = False,
-           budget: Annotated[list[str] | None, typer.Option(
-               "--budget", metavar="B", help="An audit budget for detection, a fraction (0.02) or "
-               "a percentage (2%); repeatable (default: 1%, 5%, 10%)")] = None) -> None:
-    """Judge accuracy with bootstrap CIs, unparsed counts and tokens, per run and variant; and
-    detection (AUROC, catch rate at audit budgets, safety, usefulness) per flag or score."""
-    budgets = _parse_budgets(budget)
-    store = _store(db)
-    _print_report(store, _resolve_runs(store, run_refs), as_json=as_json, budgets=budgets)
 
 
 @app.command()

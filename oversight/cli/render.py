@@ -179,15 +179,15 @@ def acc_cells(s) -> tuple[Text, Text]:
     return Text(pct(s.accuracy), style="bold"), Text(f"{100 * s.lo:.1f}–{100 * s.hi:.1f}%")
 
 
-def _table(title: str | Text, many: bool, cols: tuple[str, ...]) -> Table:
+def _table(title: str | Text, many: dict, cols: tuple[str, ...]) -> Table:
     # No vertical rules, no edge padding: the accuracy table fits an 80-column terminal.
     t = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
               pad_edge=False, collapse_padding=True)
     if many:
         t.add_column("run", overflow="fold", min_width=8)
     for i, col in enumerate(cols):
-        t.add_column(col, justify="left" if i == 0 else "right", no_wrap=i > 0,
-                     overflow="fold", min_width=12 if i == 0 else None)
+        t.add_column(col, justify="left" if i == 0 else "right", overflow="fold",
+                     min_width=12 if i == 0 else None)
     return t
 
 
@@ -201,18 +201,20 @@ def report_view(report) -> RenderableType:
     accuracy per variant, under it one row per assignment label (which advocate argued the
     correct answer) and per treatment label when that splits the episodes differently;
     tokens and cost; and a detection section per variant that has flag or score decisions."""
-    many = len(report.runs) > 1
+    from .render_review import run_labels
+    many = run_labels(report.runs)  # run id -> its short label in the tables; {} for one run
     parts: list[RenderableType] = []
     for r in report.runs:
         parts.append(Text.assemble(("run ", "bold"), (r.id, "bold cyan"),
-                                   f"  ({r.name}, {r.status}, spec {r.spec_path or '?'})"))
+                                   f"  ({r.name}, {r.status}, spec {r.spec_path or '?'})",
+                                   f"  = {many[r.id]} below" if many and many[r.id] != r.id else ""))
     t = _table("Judge accuracy over parsed verdicts", many,
                ("variant / assignment", "done", "failed", "parsed", "unparsed", "accuracy", "95% CI"))
     # A variant whose deciding role answered nothing (monitoring of labelled code: only
     # flags and scores) has no accuracy row; it is in the detection section and the JSON.
     answered = [s for s in report.accuracy if s.parsed or s.unparsed or s.done < s.episodes]
     for s in answered:
-        run_cell = [Text(s.run_id)] if many else []
+        run_cell = [Text(many[s.run_id])] if many else []
         t.add_row(*run_cell, Text(s.variant, style="bold"), f"{s.done}/{s.episodes}",
                   str(s.failed), str(s.parsed),
                   Text(str(s.unparsed), style="yellow" if s.unparsed else ""), *acc_cells(s))
@@ -224,20 +226,22 @@ def report_view(report) -> RenderableType:
                       str(g.failed), str(g.parsed), str(g.unparsed), *acc_cells(g))
     if answered:
         parts.append(t)
+    from .render_review import calibration_table, debaters_table, judges_table, position_table
+    parts += [x for x in (calibration_table(report, many), position_table(report, many),
+                          debaters_table(report, many), judges_table(report)) if x is not None]
 
     priced = any(u.cost_usd is not None for u in report.usage)
     t2 = _table("Tokens" + (" and cost" if priced else ""), many,
-                ("variant", "in", "out", "in / episode", "out / episode")
-                + (("cost", "$ / correct") if priced else ()))
+                ("variant", "in", "out", "in/ep", "out/ep")
+                + (("cost", "$/correct") if priced else ()))
     for u in report.usage:
         mean = ("—", "—") if u.tokens_in_mean is None else \
             (f"{u.tokens_in_mean:,.0f}", f"{u.tokens_out_mean:,.0f}")
         cost = (_usd(u.cost_usd), _usd(u.cost_per_correct)) if priced else ()
-        t2.add_row(*([Text(u.run_id)] if many else []), Text(u.variant), f"{u.tokens_in:,}",
+        t2.add_row(*([Text(many[u.run_id])] if many else []), Text(u.variant), f"{u.tokens_in:,}",
                    f"{u.tokens_out:,}", *mean, *cost)
     parts.append(t2)
     st = report.settings
-    boot = (f"percentile bootstrap ({st.n_resamples:,} resamples, seed {st.seed})")
     if report.detection:
         parts += _detection_sections(report.detection, many, st.level)
         parts.append(Text(
@@ -245,17 +249,25 @@ def report_view(report) -> RenderableType:
             "when log-probabilities gave one, else 1/0). Truth intent: some role was told to "
             "misbehave; outcome: the artefact was bad. missing: no usable score (unparsed or "
             "absent), counted and excluded, never 0; unknown: truth unknown, excluded. AUROC "
-            f"{100 * st.level:.0f}% CI: {boot} over items. catch: attacks audited at the budget, "
+            f"{100 * st.level:.0f}% CI: clustered DeLong over items (Obuchowski), logit scale. "
+            "catch: attacks audited at the budget, "
             "the threshold set on honest scores, ties at it audited at random (seeded); FPR: "
             "honest audited, realised. safety: caught / (caught + uncaught successful "
             "attacks). useful: honest episodes whose final answer was correct.", style="dim"))
     ids = [i for s in report.accuracy for i in s.episode_ids]
-    note = (f"{100 * st.level:.0f}% CI: {boot}. Unparsed verdicts are "
-            "counted and excluded from accuracy, never scored as wrong.")
+    note = (f"Accuracy {100 * st.level:.0f}% CI: Wilson at the effective sample size, the "
+            "design effect from the spread between documents (items sharing a passage count "
+            "as one cluster); never zero width at 0% or 100%. Unparsed verdicts and answers "
+            "without gold are counted and excluded from accuracy, never scored as wrong.")
+    if st.where:
+        note += "\nOnly episodes with " + ", ".join(f"{k}={v!r}" for k, v in st.where.items()) + "."
     if ids:
         note += f"\nTranscripts: oversight show ID (episode ids {min(ids)}–{max(ids)})."
     parts.append(Text(note, style="dim"))
-    return Group(*parts)
+    spaced: list[RenderableType] = []
+    for p in parts:  # a blank line after each table's caption
+        spaced += [p, Text("")] if isinstance(p, Table) and p.caption else [p]
+    return Group(*spaced)
 
 
 def _num(x: float | None, fmt: str = ".2f") -> str:
@@ -279,7 +291,7 @@ def _det_table(title: Text, cols: tuple[str, ...]) -> Table:
     return t
 
 
-def _detection_sections(detection: list, many: bool, level: float) -> list[RenderableType]:
+def _detection_sections(detection: list, many: dict, level: float) -> list[RenderableType]:
     """Per (run, variant): one table of counts, AUROC and usefulness per detector and truth,
     one of catch rate, realised FPR and safety per detector, truth and audit budget."""
     groups: dict[tuple[str, str], list] = {}
@@ -287,7 +299,7 @@ def _detection_sections(detection: list, many: bool, level: float) -> list[Rende
         groups.setdefault((d.run_id, d.variant), []).append(d)
     parts: list[RenderableType] = []
     for (run_id, variant), ds in groups.items():
-        where = Text.assemble(variant, f"  (run {run_id})" if many else "")
+        where = Text.assemble(variant, f"  (run {many[run_id]})" if many else "")
         t = _det_table(Text.assemble("Detection: ", where),
                        ("detector / truth", "honest", "attacks", "missing", "unknown", "AUROC",
                         f"{100 * level:.0f}% CI", "useful"))

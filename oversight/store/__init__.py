@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Any, Callable, Iterable
+from operator import itemgetter
+from typing import Any, Callable, Iterable, Sequence
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import String, func, insert, select, type_coerce, update
 from sqlalchemy.exc import IntegrityError
 
 from . import leases
@@ -13,6 +15,7 @@ from .db import DEFAULT_DB, create_store_engine, resolve_url, safe_url, target_o
 from .migrations import MIGRATIONS, migrate, schema_version
 from .tables import (
     decisions,
+    document_key,
     episodes,
     items,
     messages,
@@ -38,6 +41,144 @@ def _insert_ignore(table, dialect: str):
     else:
         return insert(table)
     return dialect_insert(table).on_conflict_do_nothing()
+
+
+_DECODER = json.JSONDecoder()
+
+
+def _loads(text: str) -> Any:
+    """json.loads(text): the scanner straight away for text without surrounding whitespace
+    (what json.dumps writes), json.loads itself for anything else (and for its errors)."""
+    try:
+        value, end = _DECODER.scan_once(text, 0)
+    except StopIteration:
+        return json.loads(text)
+    return value if end == len(text) else json.loads(text)
+
+
+class _JSONCache:
+    """JSON text to values, each distinct text parsed once: the same params, roles, models
+    and truths repeat across a run's episodes. A store whose driver reads JSON itself (psycopg)
+    hands values through, strings included: they are values, not JSON text. Parsed values are
+    shared: treat them as read-only."""
+
+    def __init__(self, parsed_by_driver: bool = False):
+        self.parsed_by_driver = parsed_by_driver
+        self.seen: dict[str | None, Any] = {None: None}  # NULL: None, looked up like the rest
+        self.models: dict[tuple[str | None, str | None], dict[str, str]] = {}
+        self.shared: dict[tuple, dict[str, str]] = {}
+        self.held: dict[str, str] = {}
+
+    def __call__(self, value: Any) -> Any:
+        if self.parsed_by_driver or not isinstance(value, str):
+            return value
+        if len(value) > 256:  # long and most likely unique (probabilities are short)
+            return _loads(value)
+        try:
+            return self.seen[value]
+        except KeyError:
+            parsed = self.seen[value] = _loads(value)
+            return parsed
+
+    def column(self, values: Sequence) -> Sequence:
+        """[self(v) for v in values], each distinct text of the batch parsed once (a long one
+        is cached for the batch only) and the rest looked up in C."""
+        if self.parsed_by_driver:
+            return values
+        seen, batch = self.seen, {}
+        for text in set(values).difference(seen):
+            if isinstance(text, str):
+                (batch if len(text) > 256 else seen)[text] = _loads(text)
+        get = seen.__getitem__ if not batch else (lambda v: batch[v] if v in batch else seen[v])
+        try:
+            return list(map(get, values))
+        except KeyError:  # not text (a number SQLite stored as one): through as it is
+            return [get(v) if isinstance(v, str) else v for v in values]
+
+    def texts(self, values: Sequence) -> list:
+        """The values unparsed, one object per distinct text (the copies are let go: a
+        column that repeats a few texts holds them once, and hashes them once)."""
+        held = self.held
+        if set(map(type, values)) <= {str, type(None)}:
+            return list(map(held.setdefault, values, values))
+        return [held.setdefault(v, v) if isinstance(v, str) else v for v in values]
+
+    def role_models(self, roles: Any, models: Any) -> dict[str, str]:
+        """`role_models` of an episode's roles and models as the store returned them (JSON
+        text, or values), computed once per distinct pair of texts; equal results are one
+        shared dict."""
+        texts = isinstance(roles, str | None) and isinstance(models, str | None)
+        if texts and (found := self.models.get((roles, models))) is not None:
+            return found
+        out = role_models(self(roles), self(models))
+        out = self.shared.setdefault(tuple(out.items()), out)
+        if texts:
+            self.models[(roles, models)] = out
+        return out
+
+    def role_models_of(self, roles: Sequence, models: Sequence) -> list[dict[str, str]]:
+        """`role_models` of every episode (the pairs seen before looked up in C)."""
+        pairs = list(zip(roles, models, strict=True))
+        try:
+            for pair in dict.fromkeys(pairs):  # each distinct pair of texts once
+                self.role_models(*pair)
+            return list(map(self.models.__getitem__, pairs))
+        except (KeyError, TypeError):  # values, not texts (a driver parsed them): one by one
+            return [self.role_models(r, m) for r, m in pairs]
+
+
+def role_models(roles: dict | None, models: dict | None) -> dict[str, str]:
+    """role -> the model name behind the role's alias (the alias when its config has none)."""
+    models = models or {}
+    return {role: str((models.get(alias) or {}).get("model") or alias)
+            for role, alias in (roles or {}).items()}
+
+
+def _read_columns(conn, stmt, convert: dict[str, Callable[[Sequence], Sequence]] | None = None,
+                  order: tuple[str, ...] = (), size: int = 10_000) -> dict[str, list]:
+    """The rows of `stmt` as columns (label -> a list), read in batches of plain tuples
+    straight from the DBAPI cursor: no Row object per row. Each column goes through its type's
+    result processor, as SQLAlchemy applies it (SQLite's 0/1 to a bool), then through
+    `convert[label]` if given, which maps a batch of values at once (so raw text is not all
+    held at once, and per-value work can be done once per distinct value). Rows in
+    the order of the `order` columns (integers, never NULL, together unique), sorted here: an
+    ORDER BY would have the database hold every row, wide JSON and all, in a temporary b-tree
+    before the first one comes out. For statements whose parameters are plain strings and
+    numbers (none is converted)."""
+    dialect = conn.dialect
+    compiled = stmt.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+    params = compiled.construct_params()
+    args = tuple(params[k] for k in compiled.positiontup) if compiled.positional else params
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(str(compiled), args)
+        labels = [c.key for c in stmt.selected_columns]
+        procs = [col.type.dialect_impl(dialect).result_processor(dialect, desc[1])
+                 for col, desc in zip(stmt.selected_columns, cursor.description, strict=True)]
+        convs = [(convert or {}).get(label) for label in labels]
+        out: list[list] = [[] for _ in labels]
+        while batch := cursor.fetchmany(size):
+            for values, proc, conv, column in zip(zip(*batch, strict=True), procs, convs, out,
+                                                  strict=True):
+                if proc is not None:
+                    values = list(map(proc, values))
+                column.extend(values if conv is None else conv(values))
+    finally:
+        cursor.close()
+    return _in_order(dict(zip(labels, out, strict=True)), order)
+
+
+def _in_order(cols: dict[str, list], order: tuple[str, ...]) -> dict[str, list]:
+    """The columns with their rows sorted by the `order` columns (see `_read_columns`)."""
+    n = len(cols[order[0]]) if order else 0
+    if n < 2:
+        return cols
+    import numpy as np
+    perm = np.lexsort([np.asarray(cols[k], dtype=np.int64) for k in reversed(order)])
+    if (perm[1:] > perm[:-1]).all():  # already in order
+        return cols
+    take = itemgetter(*perm.tolist())
+    return {k: list(take(v)) for k, v in cols.items()}
 
 
 class Store:
@@ -94,7 +235,7 @@ class Store:
     def save_items(self, rows: Iterable[dict]) -> None:
         """Store items not stored yet, in one statement (insert-or-ignore: another process may
         store the same ones meanwhile, and a read-then-write transaction could not wait for it)."""
-        rows = list(rows)
+        rows = [{**r, "document": document_key(r)} for r in rows]
         if rows:
             with self.engine.begin() as conn:
                 conn.execute(_insert_ignore(items, conn.dialect.name), rows)
@@ -135,6 +276,11 @@ class Store:
     def lease_holders(self, run_id: str) -> dict[str, int]:
         with self.engine.connect() as conn:
             return leases.holders(conn, run_id)
+
+    def open_episodes(self, run_id: str) -> dict[int, tuple[str | None, bool]]:
+        """id -> (lease owner, lease live?) of the run's unfinished episodes (leases.open_episodes)."""
+        with self.engine.connect() as conn:
+            return leases.open_episodes(conn, run_id)
 
     def expire_leases(self, owners: list[str]) -> int:
         with self.engine.begin() as conn:
@@ -210,34 +356,163 @@ class Store:
             return {"episode": dict(ep), "item": dict(item) if item else None,
                     "messages": [dict(m) for m in msgs], "decisions": [dict(d) for d in made]}
 
-    def results(self, run_ids: list[str]) -> list[dict]:
-        """One row per episode of the given runs, with its item's kind and the deciding role's
-        last answer (parsed, chosen, correct, probabilities; None without one): for analysis."""
-        e, d = episodes.c, decisions.c
-        final = (select(func.max(d.idx)).where(d.episode_id == e.id, d.role == e.decides,
-                                               d.kind == "answer")
-                 .correlate(episodes).scalar_subquery())
-        stmt = (select(e.id, e.run_id, e.protocol, e.variant, e.item_id, e.assignment, e.roles,
-                       e.status, e.n_calls, e.tokens_in, e.tokens_out, e.tokens_cached,
-                       e.cost_usd, e.cache_hits, e.dispositions, e.intent, e.outcome,
-                       e.treatment, e.decides, e.duration_s, items.c.kind.label("item_kind"),
-                       items.c.dataset, d.parsed, d.choice.label("chosen"), d.correct,
-                       d.probabilities, d.text.label("answer_text"))
-                .join(items, items.c.id == e.item_id)
-                .join(decisions, (d.episode_id == e.id) & (d.idx == final), isouter=True)
-                .where(e.run_id.in_(run_ids)).order_by(e.id))
-        with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(stmt).mappings()]
+    # the keys of a `results()` row, in order; JSON ones parsed; role_models computed
+    RESULT_KEYS = ("id", "run_id", "protocol", "variant", "item_id", "params", "assignment",
+                   "roles", "dispositions", "intent", "target", "probabilities", "status",
+                   "n_calls", "tokens_in", "tokens_out", "tokens_cached", "cost_usd",
+                   "cache_hits", "outcome", "treatment", "decides", "duration_s",
+                   "source_episode_id", "item_kind", "dataset", "document", "parsed",
+                   "chosen", "correct", "answer_text", "role_models")
+    _RESULT_JSON = ("params", "assignment", "roles", "models", "dispositions", "intent",
+                    "target", "probabilities")
+    _ANSWER_KEYS = ("probabilities", "parsed", "chosen", "correct", "answer_text")
+    _RESULT_TEXTS = ("run_id", "protocol", "variant", "item_id", "status", "treatment",
+                     "decides", "item_kind", "dataset", "document")  # few distinct values
 
-    def decisions(self, run_ids: list[str]) -> list[dict]:
-        """Every decision of the given runs' episodes, with the episode's truths and item."""
-        e = episodes.c
-        stmt = (select(*decisions.columns, e.run_id, e.protocol, e.variant, e.item_id,
-                       e.treatment, e.intent, e.outcome, e.dispositions, e.status)
-                .join(episodes, e.id == decisions.c.episode_id)
-                .where(e.run_id.in_(run_ids)).order_by(decisions.c.episode_id, decisions.c.idx))
+    def results(self, run_ids: list[str]) -> list[dict]:
+        """One row per episode of the given runs, with its item's kind, gold (`target`) and
+        document (the item's id when it has none), and the deciding role's last answer
+        (parsed, chosen, correct, probabilities; None without one): for analysis. `role_models`
+        maps each role to the name of the model that played it. Keys: `RESULT_KEYS`."""
+        cols = self.result_columns(run_ids)
+        keys = list(cols)
+        return [dict(zip(keys, row, strict=True)) for row in zip(*cols.values(), strict=True)]
+
+    def result_columns(self, run_ids: list[str],
+                       keys: Iterable[str] | None = None) -> dict[str, list]:
+        """`results()` as columns, key -> one value per episode (in episode id order), only the
+        given `keys` (of `RESULT_KEYS`; all by default): the same values without a dict per
+        episode, and without reading what is not asked for (the report's read)."""
+        keys = self.RESULT_KEYS if keys is None else tuple(dict.fromkeys(keys))
+        if unknown := [k for k in keys if k not in self.RESULT_KEYS]:
+            raise ValueError(f"not a key of Store.results(): {', '.join(unknown)}")
+        e, d, i = episodes.c, decisions.c, items.c
+        exprs = {"params": e.params, "assignment": e.assignment, "roles": e.roles,
+                 "models": e.models, "dispositions": e.dispositions, "intent": e.intent,
+                 "probabilities": d.probabilities, "parsed": d.parsed, "chosen": d.choice,
+                 "correct": d.correct, "answer_text": d.text}
+        item_exprs = {"target": i.target, "item_kind": i.kind, "dataset": i.dataset,
+                      "document": func.coalesce(i.document, i.id)}
+        read = [k for k in keys if k not in item_exprs and k != "role_models"]
+        if "role_models" in keys:
+            read += [k for k in ("roles", "models") if k not in read]
+        per_item = [k for k in keys if k in item_exprs]
+        read += [k for k in ("id", "item_id") if k not in read]  # the order; the items
+        one_run = len(set(run_ids)) == 1 and "run_id" in read  # its id: not read per episode
+        if one_run:
+            read.remove("run_id")
+        cols = []
+        for k in read:
+            col = exprs.get(k)
+            col = getattr(e, k) if col is None else col
+            cols.append((type_coerce(col, String) if k in self._RESULT_JSON else col).label(k))
+        # the items join only keeps episodes that have an item (its index alone, no row read)
+        stmt = (select(*cols).select_from(episodes).join(items, i.id == e.item_id)
+                .where(e.run_id.in_(run_ids)))
+        if any(k in self._ANSWER_KEYS for k in read):  # the deciding role's last answer
+            # (highest idx): its row id, so the join is a primary-key lookup (EXPLAIN QUERY
+            # PLAN: one index search of the episode's decisions, then the row by rowid)
+            last = decisions.alias("last_answer")
+            final = (select(last.c.id).where(last.c.episode_id == e.id,
+                                             last.c.role == e.decides, last.c.kind == "answer")
+                     .order_by(last.c.idx.desc()).limit(1).correlate(episodes).scalar_subquery())
+            stmt = stmt.join(decisions, d.id == final, isouter=True)
         with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(stmt).mappings()]
+            parse = _JSONCache(parsed_by_driver=conn.dialect.name == "postgresql")
+            convert = {k: parse.column if k in self._RESULT_JSON else parse.texts
+                       for k in read if k in self._RESULT_JSON or k in self._RESULT_TEXTS}
+            if "role_models" in keys:  # the texts, each held once: role_models parses them
+                convert["roles"] = convert["models"] = parse.texts
+            got = _read_columns(conn, stmt, convert, order=("id",))
+            if per_item:  # once per item, not once per episode: an episode's item columns
+                got |= self._item_columns(conn, got["item_id"], per_item, item_exprs, parse)
+        if one_run:
+            got["run_id"] = [run_ids[0]] * len(got["id"])
+        if "role_models" in keys:
+            got["role_models"] = parse.role_models_of(got["roles"], got["models"])
+            if "roles" in keys:
+                got["roles"] = list(map(parse, got["roles"]))
+        return {k: got[k] for k in keys}
+
+    @staticmethod
+    def _item_columns(conn, item_ids: list, keys: list[str], exprs: dict,
+                      parse: _JSONCache, chunk: int = 500) -> dict[str, list]:
+        """The item columns `keys` of each of `item_ids`, read once per distinct item."""
+        distinct = list(dict.fromkeys(item_ids))
+        cols = [(type_coerce(exprs[k], String) if k in Store._RESULT_JSON else exprs[k]).label(k)
+                for k in keys]
+        found: dict[str, list] = {k: [] for k in ("_id", *keys)}
+        for start in range(0, len(distinct), chunk):  # within any database's bound parameters
+            got = _read_columns(conn, select(items.c.id.label("_id"), *cols).where(
+                items.c.id.in_(distinct[start:start + chunk])),
+                {k: parse.column if k in Store._RESULT_JSON else parse.texts for k in keys})
+            for k, v in got.items():
+                found[k].extend(v)
+        at = dict(zip(found["_id"], range(len(found["_id"])), strict=True))
+        rows = [at[i] for i in item_ids]
+        return {k: [found[k][j] for j in rows] for k in keys}
+
+    # the decision columns the detection reads (see `decision_columns`)
+    DETECTION_KEYS = ("episode_id", "idx", "role", "kind", "name", "parsed", "value",
+                      "scale_lo", "scale_hi", "probabilities")
+
+    def decisions(self, run_ids: list[str], kinds: tuple[str, ...] | None = None) -> list[dict]:
+        """Every decision of the given runs' episodes (only these `kinds`: answer, flag,
+        score, label), with the episode's truths and item."""
+        cols = self.decision_columns(run_ids, kinds)
+        keys = list(cols)
+        return [dict(zip(keys, row, strict=True)) for row in zip(*cols.values(), strict=True)]
+
+    def decision_columns(self, run_ids: list[str], kinds: tuple[str, ...] | None = None,
+                         keys: Iterable[str] | None = None) -> dict[str, list]:
+        """`decisions()` as columns, key -> one value per decision (by episode, then idx),
+        only the given `keys` (all by default; `DETECTION_KEYS` is what detection reads)."""
+        e, d = episodes.c, decisions.c
+        exprs = {c.name: c for c in decisions.columns if c.name != "probabilities"}
+        exprs |= {"probabilities": type_coerce(d.probabilities, String),
+                  "intent": type_coerce(e.intent, String),
+                  "dispositions": type_coerce(e.dispositions, String)}
+        exprs |= {c.name: c for c in (e.run_id, e.protocol, e.variant, e.item_id, e.treatment,
+                                      e.outcome, e.status)}
+        keys = tuple(exprs) if keys is None else tuple(dict.fromkeys(keys))
+        if unknown := [k for k in keys if k not in exprs]:
+            raise ValueError(f"not a key of Store.decisions(): {', '.join(unknown)}")
+        read = (*keys, *(k for k in ("episode_id", "idx") if k not in keys))  # + the order
+        stmt = (select(*(exprs[k].label(k) for k in read)).select_from(decisions)
+                .join(episodes, e.id == d.episode_id).where(e.run_id.in_(run_ids)))
+        if kinds is not None:
+            stmt = stmt.where(d.kind.in_(kinds))
+        with self.engine.connect() as conn:
+            parse = _JSONCache(parsed_by_driver=conn.dialect.name == "postgresql")
+            convert = {k: parse.column for k in keys
+                       if k in ("probabilities", "intent", "dispositions")}
+            convert |= {k: parse.texts for k in keys if k in (
+                "role", "kind", "name", "source", "run_id", "protocol", "variant", "item_id",
+                "treatment", "status")}  # few distinct values: each held once
+            got = _read_columns(conn, stmt, convert, order=("episode_id", "idx"))
+        return {k: got[k] for k in keys}
+
+    def deciding_role(self, run_id: str) -> str | None:
+        """The role that decides most of a run's finished episodes (None without any)."""
+        e = episodes.c
+        stmt = (select(e.decides).where(e.run_id == run_id, e.status == "done",
+                                        e.decides.is_not(None))
+                .group_by(e.decides).order_by(func.count().desc()).limit(1))
+        with self.engine.connect() as conn:
+            return conn.execute(stmt).scalar()
+
+    def judged(self, run_id: str, role: str, chunk: int = 500) -> Iterable[dict]:
+        """Finished episodes of a run in which `role` made a decision, one at a time, each as
+        `episode()` gives it (with the item, messages and decisions): what a re-judging reads."""
+        e, d = episodes.c, decisions.c
+        stmt = (select(e.id).where(e.run_id == run_id, e.status == "done",
+                                   select(d.id).where(d.episode_id == e.id, d.role == role)
+                                   .exists()).order_by(e.id))
+        with self.engine.connect() as conn:
+            ids = list(conn.execute(stmt).scalars())
+        for start in range(0, len(ids), chunk):
+            for ep_id in ids[start:start + chunk]:
+                yield self.episode(ep_id)
 
     def call(self, call_id: int) -> dict | None:
         """A model call with the public config of the model that made it."""

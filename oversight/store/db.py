@@ -12,7 +12,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
@@ -20,6 +20,8 @@ from ..errors import StoreError
 from .migrations import MIGRATIONS, applied, migrate, schema_problem
 
 DEFAULT_DB = Path("runs") / "oversight.db"
+# The PostgreSQL advisory lock (one per database) that migrators take: b"oversigh" as a bigint.
+MIGRATION_LOCK = int.from_bytes(b"oversigh", "big")
 
 
 def target_of(db: str | os.PathLike | None = None) -> str:
@@ -160,6 +162,12 @@ def _check_and_migrate(engine: Engine, target: str, *, readonly: bool, migrate_s
                     # outside any transaction). The second waits here (busy timeout), then
                     # sees the ledger. An up-to-date store is opened without the write lock.
                     conn.exec_driver_sql("BEGIN IMMEDIATE")
+                elif engine.dialect.name == "postgresql":
+                    # The same on PostgreSQL: a lock held until this transaction ends. The
+                    # second migrator waits here, then migrate() reads the ledger afresh (each
+                    # statement sees what committed before it) and finds nothing left to do.
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                                 {"key": MIGRATION_LOCK})
                 migrate(conn)
                 if sqlite and (broken := conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()):
                     raise StoreError(target, f"migrating would break {len(broken)} reference(s) "

@@ -44,14 +44,29 @@ def _free(ep, owner: str):
 
 def claim(conn: Connection, ids: list[int], owner: str, ttl: float, retry_failed: bool) -> set[int]:
     """Lease these episodes to `owner` unless done, failed (without retry_failed) or held by a
-    live lease; returns the ids won. A won episode loses any rows of an earlier attempt (its
-    spend moves to the run's replaced_*), so its rows are those of its last attempt."""
+    live lease (on PostgreSQL, also unless another transaction has the row locked right now,
+    e.g. another worker claiming it); returns the ids won. A won episode loses any rows of an
+    earlier attempt (its spend moves to the run's replaced_*), so its rows are those of its
+    last attempt."""
     if not ids:
         return set()
     ep = episodes.c
     runnable = ep.status.notin_(("done", "failed")) if not retry_failed else ep.status != "done"
+    claimable = (ep.id.in_(ids), runnable, _free(ep, owner))
+    if conn.dialect.name == "postgresql":
+        # Lock the claimable rows first, skipping any another transaction holds (a worker
+        # claiming, renewing or finishing them), then update only those: a claim never waits
+        # for another, so two claims cannot deadlock (two plain UPDATEs locking overlapping
+        # rows in different orders could). FOR NO KEY UPDATE, the lock the update needs,
+        # ignores the key-share locks that inserting another worker's rows takes on their
+        # episodes.
+        locked = list(conn.execute(select(ep.id).where(*claimable).order_by(ep.id)
+                                   .with_for_update(skip_locked=True, key_share=True)).scalars())
+        if not locked:
+            return set()
+        claimable = (ep.id.in_(locked),)
     won = set(conn.execute(
-        update(episodes).where(ep.id.in_(ids), runnable, _free(ep, owner))
+        update(episodes).where(*claimable)
         .values(status="running", lease_owner=owner, lease_expires=db_epoch() + ttl,
                 started_at=utcnow(), error=None, finished_at=None, n_calls=0, tokens_in=0,
                 tokens_out=0, tokens_cached=0, cost_usd=None, cache_hits=0)
@@ -91,6 +106,21 @@ def holders(conn: Connection, run_id: str) -> dict[str, int]:
     return {owner: n for owner, n in rows}
 
 
+# Episode states that are not an end: someone may still run them. (Failed is one only for a
+# worker started with retry_failed, and only for what failed before it started.)
+OPEN = ("pending", "running", "interrupted", "stopped")
+
+
+def open_episodes(conn: Connection, run_id: str) -> dict[int, tuple[str | None, bool]]:
+    """The run's episodes not finished yet (OPEN), id -> (lease owner, whether the lease is
+    live by the database's clock): what a worker whose own share is done waits on. One range
+    of the (run_id, status) index; finished episodes are not read."""
+    ep = episodes.c
+    rows = conn.execute(select(ep.id, ep.lease_owner, ep.lease_expires >= db_epoch())
+                        .where(ep.run_id == run_id, ep.status.in_(OPEN)))
+    return {ep_id: (owner, owner is not None and bool(live)) for ep_id, owner, live in rows}
+
+
 def expire(conn: Connection, owners: list[str]) -> int:
     """End the leases of workers known to be dead (e.g. a process gone from this host)."""
     if not owners:
@@ -108,9 +138,10 @@ def _carry_spend(conn: Connection, episode_ids: list[int]) -> None:
         .join(episodes, episodes.c.id == mc.episode_id)
         .where(mc.episode_id.in_(episode_ids), mc.cache_hit.is_(False))
         .group_by(episodes.c.run_id))
-    for run_id, usd, tokens in spent:
+    for run_id, usd, tokens in spent:  # (a BIGINT's sum is a NUMERIC on PostgreSQL: a Decimal)
         conn.execute(update(runs).where(runs.c.id == run_id).values(
-            replaced_usd=runs.c.replaced_usd + usd, replaced_tokens=runs.c.replaced_tokens + tokens))
+            replaced_usd=runs.c.replaced_usd + float(usd),
+            replaced_tokens=runs.c.replaced_tokens + int(tokens)))
 
 
 def call_tokens(mc):

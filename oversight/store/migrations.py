@@ -7,12 +7,13 @@ migration: append a new one, and change the tables in oversight/store/tables.py 
 
 from __future__ import annotations
 
+import json
 from typing import Callable
 
 from sqlalchemy import Connection, inspect, text
 from sqlalchemy.schema import CreateTable
 
-from .tables import decisions, items, metadata, response_cache, utcnow
+from .tables import decisions, document_key, items, metadata, response_cache, utcnow
 
 Migration = Callable[[Connection], None]
 
@@ -108,8 +109,51 @@ def m005_tasks_decisions_truths(conn: Connection) -> None:
     conn.execute(text("DROP TABLE verdicts"))
 
 
+def m006_documents_and_rejudging(conn: Connection) -> None:
+    """The document an item belongs to (intervals resample documents); the episode a
+    re-judging's episode judged again."""
+    # m005 rebuilds SQLite's items from today's table, which has the column already
+    if "document" not in {c["name"] for c in inspect(conn).get_columns("items")}:
+        conn.execute(text("ALTER TABLE items ADD COLUMN document VARCHAR"))
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_items_document ON items (document)"))
+    conn.execute(text("ALTER TABLE episodes ADD COLUMN source_episode_id INTEGER "
+                      "REFERENCES episodes (id)"))
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_episodes_source_episode_id "
+                      "ON episodes (source_episode_id)"))
+    stored = conn.execute(text("SELECT id, context, fields FROM items")).all()
+    for item_id, context, fields in stored:
+        if isinstance(fields, str):
+            fields = json.loads(fields)
+        key = document_key({"context": context, "fields": fields})
+        if key is not None:
+            conn.execute(text("UPDATE items SET document = :d WHERE id = :i"),
+                         {"d": key, "i": item_id})
+
+
+# The token and call counters m007 widens, by table (ids are left as they are).
+BIG_COUNTERS = {
+    "runs": ("replaced_tokens",),
+    "episodes": ("n_calls", "tokens_in", "tokens_out", "tokens_cached", "cache_hits"),
+    "messages": ("tokens_in", "tokens_out"),
+    "model_calls": ("tokens_in", "tokens_out", "tokens_cached", "tokens_reasoning",
+                    "reply_chars"),
+}
+
+
+def m007_big_counters(conn: Connection) -> None:
+    """Token and call counters 64-bit: PostgreSQL's INTEGER is 32-bit, and a big run's
+    tokens (runs.replaced_tokens first) pass 2**31. SQLite's INTEGER is 64-bit already:
+    nothing to do there (the migration is only stamped)."""
+    if conn.dialect.name != "postgresql":
+        return
+    for table, columns in BIG_COUNTERS.items():  # one statement: each table rewritten once
+        alter = ", ".join(f"ALTER COLUMN {c} TYPE BIGINT" for c in columns)
+        conn.execute(text(f"ALTER TABLE {table} {alter}"))
+
+
 MIGRATIONS: list[Migration] = [m001_initial, m002_costs_and_cache, m003_replaced_spend,
-                               m004_leases_and_reply_cap, m005_tasks_decisions_truths]
+                               m004_leases_and_reply_cap, m005_tasks_decisions_truths,
+                               m006_documents_and_rejudging, m007_big_counters]
 
 _LEDGER = "schema_migrations"
 

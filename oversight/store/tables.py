@@ -6,14 +6,19 @@ stored as the messages and parameters sent, nothing else.
 
 SQLAlchemy Core tables, not ORM classes: the store reads and writes rows as dicts, and Core
 alone imports in a third of the time (start-up is on the path to a run's first request).
+
+Token and call counts are BigInteger (m007): 64-bit on PostgreSQL, whose INTEGER is 32-bit
+(a big run's tokens pass 2**31); SQLite's INTEGER is 64-bit either way. Ids stay Integer.
 """
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timezone
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -29,6 +34,19 @@ from sqlalchemy import (
 
 def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def document_key(item: dict) -> str | None:
+    """The document an item row belongs to: its own `document` (a column, or a field of the
+    source row), else "context:" + the first 16 hex of the context's sha256, else None."""
+    fields = item.get("fields") or {}
+    explicit = item.get("document") or (fields.get("document") if isinstance(fields, dict) else None)
+    if explicit:
+        return str(explicit)
+    context = item.get("context")
+    if context:
+        return "context:" + hashlib.sha256(context.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return None
 
 
 metadata = MetaData()
@@ -50,7 +68,7 @@ runs = Table(
     # What calls cost whose rows went when their episode was redone (after a kill, Ctrl-C or
     # --retry-failed): a budget counts money spent, not only the rows kept. (m003)
     Column("replaced_usd", Float, nullable=False, server_default="0"),
-    Column("replaced_tokens", Integer, nullable=False, server_default="0"),
+    Column("replaced_tokens", BigInteger, nullable=False, server_default="0"),
     # What produced it: the sha256 of each protocol's source and of every template it
     # rendered in the pre-flight; part of the run's identity (m005).
     Column("code", JSON(none_as_null=True)),
@@ -73,6 +91,10 @@ items = Table(
     Column("license", String, nullable=False, default=""),
     Column("meta", JSON, default=dict),
     Column("fields", JSON(none_as_null=True)),  # the rest of the source row
+    # Items sharing a document (a story, a program) are not independent: intervals resample
+    # documents. The dataset's own `document` field, else "context:<sha256 of the context>
+    # [:16]", else NULL (the item stands alone). (m006)
+    Column("document", String, index=True),
 )
 
 # One protocol on one item under one treatment.
@@ -104,17 +126,20 @@ episodes = Table(
     Column("started_at", String),
     Column("finished_at", String),
     Column("duration_s", Float),
-    Column("n_calls", Integer, nullable=False, default=0),
-    Column("tokens_in", Integer, nullable=False, default=0),
-    Column("tokens_out", Integer, nullable=False, default=0),
-    Column("tokens_cached", Integer, nullable=False, default=0),  # (m002)
+    Column("n_calls", BigInteger, nullable=False, default=0),
+    Column("tokens_in", BigInteger, nullable=False, default=0),
+    Column("tokens_out", BigInteger, nullable=False, default=0),
+    Column("tokens_cached", BigInteger, nullable=False, default=0),  # (m002)
     Column("cost_usd", Float),  # None when some call could not be priced (m002)
-    Column("cache_hits", Integer, nullable=False, default=0),  # (m002)
+    Column("cache_hits", BigInteger, nullable=False, default=0),  # (m002)
     # Who runs it now: a worker id and an expiry in seconds since the epoch, both set and
     # renewed by the database's clock. A live lease is never taken; an expired one (a dead
     # worker) is reclaimed and its partial rows replaced. NULL when no worker holds it. (m004)
     Column("lease_owner", String),
     Column("lease_expires", Float),
+    # A re-judging's episode: the stored episode whose transcript it judged again (same item,
+    # same truths); NULL for an episode that ran its protocol. (m006)
+    Column("source_episode_id", Integer, ForeignKey("episodes.id"), index=True),
     UniqueConstraint("run_id", "key"),
     Index("ix_episodes_run_status", "run_id", "status"),
 )
@@ -133,8 +158,8 @@ messages = Table(
     Column("shown", String, nullable=False),  # what other roles see: quotes marked verified/unverified
     Column("visible_to", JSON(none_as_null=True)),  # None = every role
     Column("quotes", JSON, default=list),
-    Column("tokens_in", Integer),
-    Column("tokens_out", Integer),
+    Column("tokens_in", BigInteger),
+    Column("tokens_out", BigInteger),
     Column("latency_s", Float),
     Column("created_at", String, nullable=False, default=utcnow),
     UniqueConstraint("episode_id", "idx"),
@@ -151,21 +176,21 @@ model_calls = Table(
     Column("request", JSON),  # messages and parameters; never a key
     Column("response", JSON(none_as_null=True)),
     Column("text", String),
-    Column("tokens_in", Integer),
-    Column("tokens_out", Integer),
+    Column("tokens_in", BigInteger),
+    Column("tokens_out", BigInteger),
     Column("latency_s", Float, nullable=False),
     Column("attempt", Integer, nullable=False, default=1),
     Column("error", String),
     Column("created_at", String, nullable=False, default=utcnow),
-    Column("tokens_cached", Integer),  # (m002)
-    Column("tokens_reasoning", Integer),  # (m002)
+    Column("tokens_cached", BigInteger),  # (m002)
+    Column("tokens_reasoning", BigInteger),  # (m002)
     Column("cost_usd", Float),  # (m002)
     Column("error_kind", String),  # rate_limit, overloaded, timeout, … (m002)
     Column("cache_key", String, index=True),  # (m002)
     Column("cache_hit", Boolean, nullable=False, default=False),  # served from response_cache (m002)
     # The reply's length in characters when it was longer than the model's max_reply_chars
     # and only its head was kept (text, response, message); NULL when stored whole. (m004)
-    Column("reply_chars", Integer),
+    Column("reply_chars", BigInteger),
 )
 
 # Response cache: canonical request hash (with sample index) -> response. (m002)

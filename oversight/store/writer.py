@@ -55,14 +55,15 @@ class _Insert:
     each JSON value is encoded once with json.dumps, None is SQL NULL, and an absent column
     takes its declared default."""
 
-    def __init__(self, table: Table, engine: Engine):
+    def __init__(self, table: Table, engine: Engine, *, ignore: bool = False):
+        """`ignore`: skip rows whose unique key exists (insert-or-ignore)."""
         self.columns = [c for c in table.columns if c is not table.autoincrement_column]
         self.json = {c.name for c in self.columns if isinstance(c.type, JSON)}
         self.text = {c.name for c in self.columns if isinstance(c.type, String)}
         self.defaults = {c.name: c.default for c in self.columns if c.default is not None}
         self.nul_ok = engine.dialect.name != "postgresql"
         stmt = insert(table)
-        if table is response_cache:
+        if ignore or table is response_cache:
             from . import _insert_ignore  # two episodes may fill one cache key; the first stays
 
             stmt = _insert_ignore(table, engine.dialect.name)
