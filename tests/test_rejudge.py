@@ -147,3 +147,19 @@ def test_a_spec_cannot_run_the_rejudge_protocol(stored, tmp_path):
     (tmp_path / "bad.toml").write_text(spec)
     result = cli("run", "bad.toml", "--db", stored, "-q")
     assert result.exit_code == 2 and "oversight rejudge" in result.stderr
+
+
+def test_a_rejudging_judged_again_sees_the_original_transcript(stored):
+    db = stored
+    (src,) = rows(db, "select id from runs")[0]
+    assert cli("rejudge", src, "--model", "mock/j2", "--db", db, "-q").exit_code == 0
+    first = rows(db, "select id from runs where id != ?", src)[0][0]
+    again = cli("rejudge", first, "--model", "mock/j3", "--db", db, "-q")
+    assert again.exit_code == 0, again.output
+    second = rows(db, "select id from runs where id not in (?, ?)", src, first)[0][0]
+    linked = rows(db, "select e.source_episode_id, s.run_id from episodes e join episodes s "
+                  "on s.id = e.source_episode_id where e.run_id = ?", second)
+    assert len(linked) == 16 and {r for _, r in linked} == {first}
+    (request,) = rows(db, "select request from model_calls c join episodes e on e.id = c.episode_id "
+                      "where e.run_id = ? order by c.id limit 1", second)[0]
+    assert "<v_quote>The passage of item</v_quote>" in request  # the debaters' speeches

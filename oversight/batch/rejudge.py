@@ -75,6 +75,18 @@ def transcript_for(messages: list[dict], role: str) -> tuple[Message, ...]:
                          model=m["model"]) for i, m in enumerate(seen))
 
 
+def original_transcript(store, episode_id: int) -> tuple[Message, ...]:
+    """What the deciding role of the episode a re-judging judged saw (followed back to the
+    episode that ran its protocol: a re-judging stores only its own decision)."""
+    for _ in range(100):  # a chain of re-judgings, never a cycle (ids only point back)
+        stored = store.episode(episode_id)
+        ep = stored["episode"]
+        if ep["source_episode_id"] is None:
+            return transcript_for(stored["messages"], ep["decides"] or "")
+        episode_id = ep["source_episode_id"]
+    raise ValueError(f"episode {episode_id}: re-judgings nested over 100 deep")
+
+
 def load_rejudge(store, source_run: dict, role: str, model: str,
                  registry: dict[str, ProtocolDef], prompts: PromptLibrary,
                  command: str, concurrency: int = 16, variants: list[str] | None = None,
@@ -110,13 +122,16 @@ def load_rejudge(store, source_run: dict, role: str, model: str,
             continue
         item = items.setdefault(row["id"], item_of(row))
         answers = {r: a["answer"] for r, a in (ep["assignment"] or {}).items()}
+        seen = transcript_for(stored["messages"], role)
+        if ep["source_episode_id"] is not None:  # a re-judging judged again: the original's
+            seen = original_transcript(store, ep["source_episode_id"])
         plans.append(EpisodePlan(
             key=key_hash({"source": ep["id"], "role": role}), protocol=protocol,
             variant=ep["variant"] or ep["protocol"], params=protocol.params(), item=item,
             assignment=Assignment(label=ep["treatment"] or "none", answers=answers),
             roles={"judge": model}, dispositions=dict(ep["dispositions"] or {}),
             seed=ep["seed"], source=Source(episode_id=ep["id"], role=role,
-                                           transcript=transcript_for(stored["messages"], role),
+                                           transcript=seen,
                                            asks=asks, outcome=ep["outcome"])))
     if not plans:
         chosen = " among the episodes chosen" if variants or where else ""

@@ -65,6 +65,10 @@ def episode_view(data: dict, raw: bool = False) -> RenderableType:
                          f"  run {ep['run_id']}  ·  {ep['variant'] or ep['protocol']}  ·  ",
                          (ep["status"], "green" if ep["status"] == "done" else "red"))
     parts.append(head)
+    if ep.get("source_episode_id") is not None:
+        parts.append(Text(f"A re-judging of episode {ep['source_episode_id']}: the transcript "
+                          f"judged is that episode's (oversight show {ep['source_episode_id']}).",
+                          style="yellow"))
     if ep.get("error"):
         parts.append(Text(f"error: {ep['error']}", style="red"))
 
