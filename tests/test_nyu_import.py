@@ -1,9 +1,11 @@
 """`import_nyu_debate`: the released study of Michael et al. 2023 as ordinary rows, and the
 paper's headline numbers reproduced from those rows through the general analysis code.
 
-The release is the one staged in shared/datasets (MANIFEST.md), beside the repository; set
-OVERSIGHT_NYU_DEBATE to read it from elsewhere. It is required, not skipped: these tests are
-the check that the importer reproduces the paper.
+The release (CC-BY 4.0, github.com/julianmichael/debate @ dafd201, pub/, as staged in
+shared/datasets with its MANIFEST) ships with the tests as tests/data/nyu-debate-2023.tar.xz
+(2.5 MB) and is unpacked once per module; set OVERSIGHT_NYU_DEBATE to a release folder to
+read that instead. It is required, never skipped: these tests are the check that the importer
+reproduces the paper.
 
 The paper's numbers (Debate_Helps_Supervise_Unreliable_Experts.pdf in the release's repository,
 github.com/julianmichael/debate @ dafd201): Figure 3 (judge accuracy), Figure 4 (consultancy by
@@ -16,6 +18,7 @@ import json
 import os
 import shutil
 import sqlite3
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -39,18 +42,25 @@ TABLE_1 = {"AI Consultancy": (76, 4.2, 0.17), "AI Debate": (87, 3.8, 0.16),
 FIGURE_4 = {"AI Consultancy": (74, 87), "Human Consultancy": (88, 60)}
 
 
-def _release() -> Path:
-    here = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "nyu-debate-2023"
-    found = Path(os.environ.get("OVERSIGHT_NYU_DEBATE") or here)
+PACKED = Path(__file__).parent / "data" / "nyu-debate-2023.tar.xz"
+
+
+def _release(unpack_to: Path) -> Path:
+    if os.environ.get("OVERSIGHT_NYU_DEBATE"):
+        found = Path(os.environ["OVERSIGHT_NYU_DEBATE"])
+    else:
+        with tarfile.open(PACKED, "r:xz") as tar:
+            tar.extractall(unpack_to, filter="data")
+        found = unpack_to / "nyu-debate-2023"
     if not (found / "debates" / "official").is_dir():
-        pytest.fail(f"the NYU debate release is not at {found} (shared/datasets beside the "
-                    "repository, or set OVERSIGHT_NYU_DEBATE)")
+        pytest.fail(f"the NYU debate release is not at {found} (set OVERSIGHT_NYU_DEBATE to "
+                    f"a release folder, or restore {PACKED})")
     return found
 
 
 @pytest.fixture(scope="module")
-def release() -> Path:
-    return _release()
+def release(tmp_path_factory) -> Path:
+    return _release(tmp_path_factory.mktemp("release"))
 
 
 @pytest.fixture(scope="module")
