@@ -20,7 +20,7 @@ _CHUNK_VALUES = 2_000_000
 
 @dataclass(frozen=True)
 class Estimate:
-    """A proportion with its bootstrap CI; mean/lo/hi are None when nothing was scored."""
+    """A proportion with its 95% interval; mean/lo/hi are None when nothing was scored."""
 
     mean: float | None
     lo: float | None
@@ -65,17 +65,14 @@ def _answered(row: dict) -> bool:
     return row.get("status", "done") == "done" and row.get("parsed") is not None
 
 
-def accuracy(rows: Iterable[dict], **bootstrap: Any) -> Estimate:
-    """Fraction of parsed answers that are correct, over finished episodes with an answer;
-    unparsed answers are counted (`unparsed`) and excluded, answers with no gold to compare
-    with (correct is None) are excluded; failed episodes are ignored."""
-    rows = [r for r in rows if _answered(r)]
-    scored = [1.0 if r["correct"] else 0.0 for r in rows if r["parsed"] and r.get("correct") is not None]
-    unparsed = sum(1 for r in rows if not r["parsed"])
-    if not scored:
-        return Estimate(None, None, None, 0, unparsed)
-    lo, hi = bootstrap_ci(scored, **bootstrap)
-    return Estimate(float(np.mean(scored)), lo, hi, len(scored), unparsed)
+def accuracy(rows: Iterable[dict], level: float = 0.95) -> Estimate:
+    """`intervals.accuracy_interval` as an Estimate: the fraction of parsed answers with a
+    gold that are correct, over finished episodes; unparsed answers are counted (`unparsed`)
+    and excluded, answers with no gold are excluded; the interval is over documents and never
+    zero width at 0% or 100%."""
+    from .intervals import accuracy_interval  # (intervals reads this module's constants)
+    est = accuracy_interval(rows, level=level)
+    return Estimate(est.mean, est.lo, est.hi, est.n, est.unparsed)
 
 
 def assignment_label(assignment: dict | None) -> str | None:
@@ -99,10 +96,10 @@ def _group(rows: Iterable[dict], key: Callable[[dict], Any]) -> dict[Any, list[d
     return groups
 
 
-def by_label(rows: Iterable[dict], **bootstrap: Any) -> list[dict]:
+def by_label(rows: Iterable[dict], level: float = 0.95) -> list[dict]:
     """Accuracy per assignment label (e.g. consultant correct vs incorrect)."""
     groups = _group(rows, lambda r: assignment_label(r.get("assignment")))
-    return [{"label": label, **_counts(g), **_acc_fields(accuracy(g, **bootstrap))}
+    return [{"label": label, **_counts(g), **_acc_fields(accuracy(g, level))}
             for label, g in sorted(groups.items(), key=lambda kv: kv[0] or "") if label is not None]
 
 
@@ -119,7 +116,7 @@ def _acc_fields(est: Estimate) -> dict[str, Any]:
             "unparsed": est.unparsed}
 
 
-def summarise(rows: Iterable[dict], **bootstrap: Any) -> list[dict]:
+def summarise(rows: Iterable[dict], level: float = 0.95) -> list[dict]:
     """One dict per (run, variant): episode counts, verdicts, accuracy with CI, tokens, and
     accuracy per assignment label."""
     out = []
@@ -127,14 +124,14 @@ def summarise(rows: Iterable[dict], **bootstrap: Any) -> list[dict]:
         ran = [r for r in g if r["status"] != "pending"]  # pending ones have spent nothing yet
         tin = sum(r.get("tokens_in") or 0 for r in g)
         tout = sum(r.get("tokens_out") or 0 for r in g)
-        labels = by_label(g, **bootstrap)
+        labels = by_label(g, level)
         # None unless every episode that ran has a known price: never a silent underestimate
         costs = [r.get("cost_usd") for r in ran]
         cost = sum(costs) if ran and None not in costs else None
         n_correct = sum(1 for r in g if r.get("correct") and _answered(r))
         out.append({
             "run_id": run_id, "variant": variant, "protocol": g[0]["protocol"],
-            **_counts(g), **_acc_fields(accuracy(g, **bootstrap)),
+            **_counts(g), **_acc_fields(accuracy(g, level)),
             "tokens_in": tin, "tokens_out": tout,
             "tokens_in_mean": tin / len(ran) if ran else None,
             "tokens_out_mean": tout / len(ran) if ran else None,
