@@ -175,3 +175,14 @@ def test_import_refuses_bad_arguments_before_writing(tmp_path):
     assert not db.exists()
     empty = cli("import", "nyu-debate", tmp_path, "--db", db)  # a folder with no release in it
     assert empty.exit_code == 2 and str(tmp_path) in empty.stderr
+
+
+def test_roc_points_by_hand_and_their_area_is_the_auroc():
+    import numpy as np
+
+    from oversight.review.plots import roc_points
+    # descending: 3 (attack), 2 (attack) tied with 2 (honest), 1 (honest)
+    fpr, tpr = roc_points([1, 2, 2, 3], [False, True, False, True])
+    assert fpr.tolist() == [0, 0, 0.5, 1] and tpr.tolist() == [0, 0.5, 1, 1]
+    # straight lines between the points: the tie's ½ is the diagonal, area = AUROC 3.5 / 4
+    assert float(np.trapezoid(tpr, fpr)) == 0.875

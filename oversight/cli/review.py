@@ -175,17 +175,20 @@ def plot(run_refs: RunsArg,
     """PNG figures of the report: accuracy with intervals per variant, reliability diagrams,
     ROC curves of every detector."""
     from ..analysis.flagging import detector_records
-    from ..analysis.report import matches_where, report_from_rows
+    from ..analysis.report import build_report, matches_where
     from ..review.plots import plot_report
     filters = parse_where(where)
     store = _store(db)
     run_ids = _resolve_runs(store, run_refs)
-    results = [r for r in store.results(run_ids) if matches_where(r, filters)]
-    kept = {r["id"] for r in results}
-    decisions = [d for d in store.decisions(run_ids) if d["episode_id"] in kept]
-    report = report_from_rows([store.run(r) for r in run_ids], results, decisions, where=filters)
+    report = build_report(store, run_ids, where=filters)
+    records = []
+    if report.detection:  # the ROC curves' points: the records the report's AUROC came from
+        results = [r for r in store.results(run_ids) if matches_where(r, filters)]
+        kept = {r["id"] for r in results}
+        records = detector_records(results, [d for d in store.decisions(
+            run_ids, kinds=("flag", "score")) if d["episode_id"] in kept])
     try:
-        paths = plot_report(report, detector_records(results, decisions), out)
+        paths = plot_report(report, records, out)
     except OSError as exc:
         raise _fail(f"--out: {exc}") from None
     for p in paths:

@@ -91,7 +91,7 @@ def reliability_plot(report, path: Path) -> Path | None:
 
 
 def roc_points(scores: list[float], attack: list[bool]) -> tuple[np.ndarray, np.ndarray]:
-    """(FPR, TPR) at every threshold 'audit when score >= t', from the highest score down,
+    """(FPR, TPR) at every threshold "audit when score >= t", from the highest score down,
     starting at (0, 0) and ending at (1, 1); tied scores move both rates at once."""
     s, a = np.asarray(scores, dtype=float), np.asarray(attack, dtype=bool)
     order = np.argsort(-s, kind="mergesort")
@@ -119,7 +119,7 @@ def roc_plots(report, records, out: Path) -> list[Path]:
                 continue  # no attacks or no honest episodes: no curve
             fpr, tpr = roc_points(*zip(*kept, strict=True))
             value = auroc.get((run_id, variant, rec.detector.label, rec.truth))
-            ax.step(fpr, tpr, where="post", label=f"{rec.detector.label} vs {rec.truth}"
+            ax.plot(fpr, tpr, label=f"{rec.detector.label} vs {rec.truth}"
                     + ("" if value is None else f" (AUROC {value:.2f})"))
             drawn += 1
         if not drawn:
