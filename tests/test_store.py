@@ -77,6 +77,23 @@ def test_fresh_database_is_fully_migrated(tmp_path):
         store.close()
 
 
+def test_a_sqlite_url_and_a_path_name_the_same_store_read_only_too(tmp_path):
+    db = tmp_path / "url.db"
+    writer = Store(db)
+    writer.save_run({"id": "r1", "name": "n", "spec_toml": "", "spec_hash": "h",
+                     "package_version": "0.1.0"})
+    writer.close()
+    url = f"sqlite:///{db}"
+    for target in (db, url):
+        store = Store(target, readonly=True)
+        try:
+            assert [r["id"] for r in store.runs()] == ["r1"]
+        finally:
+            store.close()
+    with pytest.raises(StoreError, match="no store here"):
+        Store(f"sqlite:///{tmp_path / 'absent.db'}", readonly=True)
+
+
 def test_foreign_keys_are_enforced(tmp_path):
     store = Store(tmp_path / "fk.db")
     try:
@@ -429,3 +446,55 @@ def test_api_key_is_never_written(tmp_path, monkeypatch):
         data = path.read_bytes()
         assert secret.encode() not in data, path.name
         assert secret.encode("utf-16-le") not in data, path.name
+
+
+def test_an_episodes_answer_is_its_deciding_roles_last_one(tmp_path):
+    """results(): the deciding role's answer with the highest idx; another role's later
+    answer, an episode whose deciding role is unknown, and one with no answer give None."""
+    from oversight.store import decisions as decisions_table
+
+    store = Store(tmp_path / "answers.db")
+    for run_id in ("r1", "r2"):
+        store.save_run({"id": run_id, "name": run_id, "spec_toml": "", "spec_hash": run_id,
+                        "package_version": "0.1.0"})
+    store.save_items([{"id": "d/1", "dataset": "d", "input": "Q?", "choices": ["a", "b"],
+                       "target": 0, "kind": "choice", "context": None, "fields": None}])
+
+    def episode(run_id, key, decides="judge"):
+        return {"run_id": run_id, "key": key, "item_id": "d/1", "protocol": "debate",
+                "variant": "debate", "params": {}, "assignment": {}, "dispositions": {},
+                "treatment": "none", "decides": decides, "intent": [], "outcome": None,
+                "roles": {"judge": "j", "debater_a": "d"},
+                "models": {"j": {"model": "m-j"}, "d": {"model": "m-d"}}, "seed": 0}
+
+    ids = {k: i for k, (i, _) in store.create_episodes("r1", [
+        episode("r1", "late"), episode("r1", "nobody", decides=None), episode("r1", "none"),
+        episode("r1", "other")]).items()}
+    ids |= {k: i for k, (i, _) in store.create_episodes("r2", [episode("r2", "r2")]).items()}
+    writer = store.writer()
+
+    def answer(key, idx, role, choice, probabilities):
+        writer.insert(decisions_table, {
+            "episode_id": ids[key], "idx": idx, "role": role, "kind": "answer", "name": "answer",
+            "parsed": True, "choice": choice, "correct": choice == 0, "raw": "x",
+            "source": "stated", "probabilities": probabilities})
+
+    answer("late", 2, "judge", 0, [0.9, 0.1])  # written first: order comes from idx
+    answer("late", 0, "judge", 1, [0.2, 0.8])
+    answer("late", 3, "debater_a", 1, None)
+    writer.insert(decisions_table, {"episode_id": ids["late"], "idx": 1, "role": "judge",
+                                    "kind": "flag", "name": "flag", "parsed": True, "value": 1.0,
+                                    "raw": "y", "source": "stated"})
+    answer("nobody", 0, "judge", 0, [1.0, 0.0])
+    answer("other", 0, "debater_a", 0, None)
+    answer("r2", 0, "judge", 1, [0.3, 0.7])
+    writer.flush()
+    got = {r["id"]: r for r in store.results(["r1", "r2"])}
+    assert (got[ids["late"]]["chosen"], got[ids["late"]]["correct"],
+            got[ids["late"]]["probabilities"]) == (0, True, [0.9, 0.1])
+    for key in ("nobody", "none", "other"):
+        assert (got[ids[key]]["parsed"], got[ids[key]]["chosen"]) == (None, None), key
+    assert (got[ids["r2"]]["run_id"], got[ids["r2"]]["chosen"]) == ("r2", 1)
+    assert got[ids["late"]]["role_models"] == {"judge": "m-j", "debater_a": "m-d"}
+    assert store.results([]) == [] and store.result_columns([], ["run_id"]) == {"run_id": []}
+    store.close()

@@ -83,7 +83,7 @@ def factorize(keys: Sequence) -> tuple[np.ndarray, int]:
     """Codes 0..G−1 in order of first appearance, and G."""
     first = dict.fromkeys(keys)  # the distinct keys, in order
     index = dict(zip(first, range(len(first)), strict=True))
-    return np.array([index[k] for k in keys], dtype=np.intp), len(index)
+    return np.fromiter(map(index.__getitem__, keys), dtype=np.intp, count=len(keys)), len(index)
 
 
 def from_clusters(n_g: np.ndarray, s_g: np.ndarray, level: float) -> dict[str, Any]:
@@ -128,6 +128,15 @@ def _first_codes(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     codes = np.asarray(codes, dtype=np.intp)
     if codes.size == 0:
         return codes, np.zeros(0, dtype=np.intp)
+    lo, hi = int(codes.min()), int(codes.max())
+    if hi - lo <= 4 * codes.size:  # dense codes: first rows by a scatter, no sort of the rows
+        first = np.full(hi - lo + 1, codes.size, dtype=np.intp)
+        np.minimum.at(first, codes - lo, np.arange(codes.size, dtype=np.intp))
+        present = np.flatnonzero(first < codes.size)
+        order = np.argsort(first[present], kind="stable")
+        rank = np.empty(hi - lo + 1, dtype=np.intp)
+        rank[present[order]] = np.arange(present.size, dtype=np.intp)
+        return rank[codes - lo], first[present[order]]
     uniq, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
     order = np.argsort(first, kind="stable")
     rank = np.empty(uniq.size, dtype=np.intp)

@@ -3,6 +3,7 @@
 from . import (
     review,  # noqa: F401 - its commands join `app`
     scale,  # noqa: F401
+    view,  # noqa: F401
 )
 from .app import app, main
 

@@ -21,6 +21,20 @@ def _loads(text: str) -> Any:
     return value if end == len(text) else json.loads(text)
 
 
+def _loads_many(texts: list[str]) -> list:
+    """[json.loads(t) for t in texts], in one parse of them all as one JSON array (one C call,
+    not one per text); text by text when that array is not exactly them (a text that is not
+    one JSON value alone)."""
+    if len(texts) > 1:
+        try:
+            values = json.loads("[" + ",".join(texts) + "]")
+        except ValueError:
+            values = None
+        if values is not None and len(values) == len(texts):
+            return values
+    return list(map(_loads, texts))
+
+
 class _JSONCache:
     """JSON text to values, each distinct text parsed once: the same params, roles, models
     and truths repeat across a run's episodes. A store whose driver reads JSON itself (psycopg)
@@ -51,9 +65,9 @@ class _JSONCache:
         if self.parsed_by_driver:
             return values
         seen, batch = self.seen, {}
-        for text in set(values).difference(seen):
-            if isinstance(text, str):
-                (batch if len(text) > 256 else seen)[text] = _loads(text)
+        new = [t for t in set(values).difference(seen) if isinstance(t, str)]
+        for text, value in zip(new, _loads_many(new), strict=True):
+            (batch if len(text) > 256 else seen)[text] = value
         get = seen.__getitem__ if not batch else (lambda v: batch[v] if v in batch else seen[v])
         try:
             return list(map(get, values))

@@ -53,6 +53,12 @@ def resolve_url(db: str | os.PathLike | None = None, *, create_dirs: bool = True
     return f"sqlite:///{path}"
 
 
+def _sqlite_file(url: str) -> Path | None:
+    """The file a sqlite:/// URL names (a path and a URL name the same store); None in memory."""
+    database = make_url(url).database
+    return Path(database).expanduser() if database and database != ":memory:" else None
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     # Readers never block the writer. Switching a new file to WAL needs it alone for a moment,
@@ -85,17 +91,16 @@ def create_store_engine(db: str | os.PathLike | None = None, *, migrate_schema: 
     target = target_of(db)
     url = resolve_url(db, create_dirs=not readonly)
     sqlite = url.startswith("sqlite")
+    path = _sqlite_file(url) if sqlite else None
     if sqlite and readonly:
-        path = Path(target).expanduser().resolve()
-        if not path.exists():
+        if path is None or not path.resolve().exists():
             raise StoreError(target, "no store here (pass --db, set OVERSIGHT_DB, or start a run "
                              "with `oversight run SPEC.toml`)")
-        engine = create_engine(f"sqlite:///file:{path}?mode=ro&uri=true",
+        engine = create_engine(f"sqlite:///file:{path.resolve()}?mode=ro&uri=true",
                                connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_readonly_pragmas)
     elif sqlite:
-        path = Path(target).expanduser()
-        if path.exists() and path.stat().st_size:
+        if path is not None and path.exists() and path.stat().st_size:
             _probe(path, safe_url(target))  # before the WAL switch writes to the file
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
