@@ -4,6 +4,10 @@ The protocols themselves are run against a stand-in provider that answers instan
 text of a chosen length, so the estimate counts exactly the calls and prompts the real run
 would make (a protocol that branches on what agents say may differ). The low end assumes
 replies of LOW_FRACTION of max_tokens, the high end replies of the full max_tokens.
+
+A model with `batch = true` is priced at its batch price (pricing.batch_price: half the list
+price for OpenAI and Anthropic); `ModelEstimate.saving()` is what that saves against ordinary
+calls.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 from ..api.episode import Episode
 from ..api.prompts import PromptLibrary
 from ..models import Model, ModelConfig, ModelRequest, ModelResponse, Provider
-from ..models.pricing import Price, price_for
+from ..models.pricing import Price, batch_price, price_for
 from .spec import EpisodePlan
 
 LOW_FRACTION = 0.3
@@ -49,12 +53,28 @@ class ModelEstimate:
     calls: int = 0
     tokens_in: tuple[int, int] = (0, 0)
     tokens_out: tuple[int, int] = (0, 0)
-    price: Price | None = None
+    price: Price | None = None  # what these calls are billed at: the batch price when batched
+    batched: bool = False  # the model has batch = true
+    list_price: Price | None = None  # the ordinary price, when batched
 
     def cost(self) -> tuple[float, float] | None:
-        if self.price is None:
+        return self._at(self.price)
+
+    def standard_cost(self) -> tuple[float, float] | None:
+        """What the same calls would cost sent one by one (the list price)."""
+        return self._at(self.list_price if self.batched else self.price)
+
+    def saving(self) -> tuple[float, float] | None:
+        """(low, high) dollars the batch price saves; None unless batched and priced."""
+        cost, standard = self.cost(), self.standard_cost()
+        if not self.batched or cost is None or standard is None:
             return None
-        return tuple((i * self.price.input + o * self.price.output) / 1e6
+        return standard[0] - cost[0], standard[1] - cost[1]
+
+    def _at(self, price: Price | None) -> tuple[float, float] | None:
+        if price is None:
+            return None
+        return tuple((i * price.input + o * price.output) / 1e6
                      for i, o in zip(self.tokens_in, self.tokens_out, strict=True))
 
 
@@ -71,7 +91,7 @@ def stand_in_models(configs: dict[str, ModelConfig],
     stand_ins = {a: StandIn(c, fraction) for a, c in configs.items()}
     # Stand-in calls cost nothing: no rpm/tpm pacing or endpoint cap (a real run's limits
     # would make the dry run wait for minutes).
-    unlimited = {"rpm": None, "tpm": None, "endpoint_concurrency": None}
+    unlimited = {"rpm": None, "tpm": None, "endpoint_concurrency": None, "batch": None}
     models = {a: Model(a, c.model_copy(update=unlimited), provider=stand_ins[a])
               for a, c in configs.items()}
     return stand_ins, models
@@ -112,7 +132,10 @@ def estimate(plans: list[EpisodePlan], skipped: int, configs: dict[str, ModelCon
     high = asyncio.run(_simulate(plans, configs, prompts, 1.0))
     result = Estimate(episodes=len(plans), skipped=skipped)
     for alias, cfg in configs.items():
+        batched = cfg.batch is not None
         result.per_model[alias] = ModelEstimate(
             calls=high[alias][0], tokens_in=(low[alias][1], high[alias][1]),
-            tokens_out=(low[alias][2], high[alias][2]), price=price_for(cfg))
+            tokens_out=(low[alias][2], high[alias][2]),
+            price=batch_price(cfg) if batched else price_for(cfg), batched=batched,
+            list_price=price_for(cfg) if batched else None)
     return result

@@ -25,6 +25,7 @@ from .specread import env_name, read_spec, refuse_secrets
 
 _INT64 = 2**63  # SQLite and PostgreSQL integers
 _KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}  # the SDKs' defaults
+_BATCH_PROVIDERS = ("openai", "anthropic")  # `batch = true`: the providers with a batch API
 # Names a `mapping` may rename a source field to: the item's fields, and the source names the
 # loader reads them from by default.
 _ITEM_FIELDS = tuple(dict.fromkeys([*ITEM_FIELDS, *(n for ns in DEFAULT_SOURCES.values() for n in ns)]))
@@ -182,6 +183,10 @@ def _resolve_models(path: Path, spec: BatchSpec) -> dict[str, ModelConfig]:
         if cfg.provider not in PROVIDERS:
             raise SpecError(str(path), f"models.{alias}.provider",
                             f"expected one of {sorted(PROVIDERS)}, got {cfg.provider!r}")
+        if cfg.batch is not None and cfg.provider not in _BATCH_PROVIDERS:
+            raise SpecError(str(path), f"models.{alias}.batch", "provider batch APIs are those "
+                            f"of {' and '.join(_BATCH_PROVIDERS)}; {cfg.provider!r} has none "
+                            "(remove batch, or use one of those providers)")
         if cfg.provider == "mock":  # scripted replies: a malformed rule fails here, not mid-run
             from ..models.mock import check_options
             if (bad := check_options(cfg.options)) is not None:

@@ -163,6 +163,12 @@ class AnthropicProvider(Provider):
             return malformed_body(exc, self._secrets)
         return unexpected_error(exc, self._secrets)
 
+    def batches(self):
+        """This provider's batch API (models/batching), for a model with batch = true."""
+        from .batching.anthropic_batches import AnthropicBatches
+
+        return AnthropicBatches(self)
+
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.close()

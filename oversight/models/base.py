@@ -24,6 +24,11 @@ class Price(BaseModel):
     input: float = Field(ge=0, allow_inf_nan=False)
     output: float = Field(ge=0, allow_inf_nan=False)
     cached_input: float | None = Field(default=None, ge=0, allow_inf_nan=False)  # default: input
+    # Provider batch prices (models/batching): default, the provider's published rule applied
+    # to the prices above (half, for OpenAI and Anthropic; pricing.batch_price).
+    batch_input: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    batch_output: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    batch_cached_input: float | None = Field(default=None, ge=0, allow_inf_nan=False)
 
 
 class RetryPolicy(BaseModel):
@@ -34,6 +39,24 @@ class RetryPolicy(BaseModel):
     max_seconds: float = Field(default=300.0, gt=0, allow_inf_nan=False)  # no attempt starts after
     backoff_initial: float = Field(default=1.0, ge=0, le=3600, allow_inf_nan=False)
     backoff_max: float = Field(default=60.0, ge=0, le=3600, allow_inf_nan=False)
+
+
+class BatchPolicy(BaseModel):
+    """`batch = true` (or a table of these) on an openai or anthropic model: its calls go to
+    the provider's batch API (half price), gathered across episodes (models/batching).
+
+    The queue is sent as one batch when no new request arrived for `linger` seconds (every
+    episode's round-k turn arrives together), when its oldest request has waited `max_gather`
+    seconds, or when it holds `max_requests`. A batch the provider has not finished after
+    `max_seconds` is cancelled; its unanswered requests then go through the ordinary path and
+    retry policy, as do requests that failed, expired or were cancelled in a batch."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    linger: float = Field(default=2.0, ge=0, le=3600, allow_inf_nan=False)
+    max_gather: float = Field(default=60.0, ge=0, le=86_400, allow_inf_nan=False)
+    max_requests: int = Field(default=10_000, ge=1, le=100_000, strict=True)
+    max_seconds: float = Field(default=86_400.0, gt=0, allow_inf_nan=False)
+    poll: float = Field(default=30.0, gt=0, le=3600, allow_inf_nan=False)  # seconds between looks
 
 
 # Credentials in a spec's model options: a spec is stored with its run (text and JSON), so a
@@ -111,6 +134,16 @@ class ModelConfig(BaseModel):
                                  "(api_key_env), never from the spec")
         return data
 
+    @field_validator("batch", mode="before")
+    @classmethod
+    def _batch_flag(cls, value: Any) -> Any:
+        """`batch = true` is the default policy, `batch = false` none."""
+        if value is True:
+            return BatchPolicy()
+        if value is False:
+            return None
+        return value
+
     @field_validator("api_key_env")
     @classmethod
     def _env_name(cls, name: str | None) -> str | None:
@@ -159,6 +192,9 @@ class ModelConfig(BaseModel):
     max_reply_chars: int = Field(default=100_000, ge=1)
     retry: RetryPolicy = RetryPolicy()
     price: Price | None = None  # overrides the shipped price table
+    # Provider batch mode (openai, anthropic): `batch = true` or a BatchPolicy table. Not part
+    # of identity(): a batched call writes what an ordinary one would, at a lower price.
+    batch: BatchPolicy | None = None
     # Provider-specific knobs (e.g. the local model's context size or the mock's script).
     options: dict[str, Any] = {}
 

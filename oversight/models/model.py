@@ -5,6 +5,12 @@ Order of a call: cache lookup -> (per attempt) RPM/TPM limiters, concurrency slo
 server's cool-down, budget and call-group checks, provider call. Every attempt that sent a
 request goes to the sink: answered, failed, timed out or cancelled.
 
+A model with `batch = true` sends each call, after the cache lookup, to its Batcher
+(models/batching), which gathers calls across episodes into the provider's batch jobs; the
+answer is recorded like any attempt (attempt 1, at the batch price). A request the batch did
+not answer (expired, cancelled, a retryable error) goes on through the ordinary path below,
+its attempts numbered from 2.
+
 Time limits are wall clock: an attempt runs at most `timeout` (base.attempt_timeout),
 and from a call's first request on, its attempts and the waits between them (backoff,
 Retry-After, cool-down) end within `retry.max_seconds` (time queued for a first slot does
@@ -26,7 +32,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from ..errors import ModelError
 from .base import ModelConfig, ModelRequest, ModelResponse, Provider, TokenLogprob, attempt_timeout
 from .groups import call_group, check_group
-from .pricing import cost_usd, price_for
+from .pricing import batch_price, cost_usd, price_for
 
 
 @dataclass
@@ -109,11 +115,26 @@ def cache_key(config: ModelConfig, request: ModelRequest, sample: int) -> str:
     sampling of the same request is not collapsed into one answer."""
     # The compact, key-sorted JSON of {provider, model, base_url, options, request, sample},
     # assembled around the request's own encoding so a request is encoded once per call.
+    text = f'{_key_head(config)},"request":{request.canonical_json},"sample":{int(sample)}}}'
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+_heads: dict[int, tuple[ModelConfig, str]] = {}  # id(config) -> (config, its part of a key)
+
+
+def _key_head(config: ModelConfig) -> str:
+    """The config's part of a cache key (its JSON without the closing brace), encoded once per
+    config object rather than once per call."""
+    got = _heads.get(id(config))
+    if got is not None and got[0] is config:
+        return got[1]
     head = json.dumps({"base_url": config.base_url, "model": config.model,
                        "options": config.output_options(), "provider": config.provider},
-                      sort_keys=True, separators=(",", ":"))
-    text = f'{head[:-1]},"request":{request.canonical_json},"sample":{int(sample)}}}'
-    return hashlib.sha256(text.encode()).hexdigest()
+                      sort_keys=True, separators=(",", ":"))[:-1]
+    if len(_heads) >= 256:  # many configs (tests, re-judgings): start afresh
+        _heads.clear()
+    _heads[id(config)] = (config, head)
+    return head
 
 
 # Per event loop: an asyncio.Semaphore belongs to the loop it first waited in, so a second
@@ -138,7 +159,10 @@ class Model:
     """A provider plus this model's caps, cache, budget and retry policy."""
 
     def __init__(self, name: str, config: ModelConfig, provider: Provider | None = None, *,
-                 cache: ResponseCache | None = None, budget: Budget | None = None):
+                 cache: ResponseCache | None = None, budget: Budget | None = None,
+                 journal: Any = None):
+        """`journal`: where a batched model records its provider batches (the store's
+        BatchJournal; without one, batches are not durable across a crash)."""
         from . import provider_class  # late: the registry lives in the package module
 
         self.name, self.config = name, config
@@ -156,6 +180,12 @@ class Model:
             self._tpm = AsyncLimiter(config.tpm, 60) if config.tpm else None
         self._started = False
         self._start_lock = asyncio.Lock()
+        self._batcher = None
+        if config.batch is not None:
+            from .batching import batcher_for
+
+            self._batcher = batcher_for(config, self.provider, journal)
+            self.batch_price = batch_price(config)
 
     async def start(self) -> None:
         async with self._start_lock:
@@ -173,20 +203,63 @@ class Model:
                                              hit, 0.0, 0, cache_key=key, cache_hit=True))
                 return hit
         await self.start()
+        before = 0  # attempts already made: the batched one
+        if self._batcher is not None:
+            batch_key = key or cache_key(self.config, request, sample)
+            response = await self._batched(request, batch_key, key, sink)
+            if response is not None:
+                if key is not None:
+                    await self.cache.put(key, self.config, request, response)
+                return response
+            before = 1
         policy = self.config.retry
         deadline = _Deadline(policy.max_seconds)
         try:  # most calls succeed at once: only a retryable failure pays for the retry loop
-            response = await self._attempt(request, 1, key, sink, deadline)
+            response = await self._attempt(request, 1 + before, key, sink, deadline)
         except ModelError as exc:
             if not exc.retryable or policy.max_attempts == 1:
                 raise
-            response = await self._retry(request, key, sink, exc, deadline)
+            response = await self._retry(request, key, sink, exc, deadline, before)
         if key is not None:
             await self.cache.put(key, self.config, request, response)
         return response
 
+    async def _batched(self, request: ModelRequest, batch_key: str, key: str | None,
+                       sink: CallSink | None) -> ModelResponse | None:
+        """The call through the provider's batch API: its response, recorded at the batch
+        price; None when the batch did not answer it and the ordinary path should (the
+        failure recorded as attempt 1). A non-retryable error is raised."""
+        check_group()
+        if self.budget is not None:
+            self.budget.check()
+        t0 = time.perf_counter()
+        try:
+            outcome = await self._batcher.call(request, batch_key)
+        except asyncio.CancelledError:
+            if self._batcher.sent(batch_key):  # the provider has it: a row like any attempt
+                await _emit(sink, CallRecord(self.config.provider, self.config.model, request,
+                                             None, time.perf_counter() - t0, 1,
+                                             "cancelled before its batch answered", "cancelled",
+                                             cache_key=key))
+            raise
+        latency = time.perf_counter() - t0
+        if outcome.response is not None:
+            response = _capped(outcome.response, self.config.max_reply_chars)
+            cost = cost_usd(response, self.batch_price)
+            if self.budget is not None:
+                self.budget.add(cost, (response.tokens_in or 0) + (response.tokens_out or 0))
+            await _emit(sink, CallRecord(self.config.provider, self.config.model, request,
+                                         response, latency, 1, cost_usd=cost, cache_key=key))
+            return response
+        error = outcome.error
+        await _emit(sink, CallRecord(self.config.provider, self.config.model, request, None,
+                                     latency, 1, str(error), error.kind, cache_key=key))
+        if not error.retryable:
+            raise error
+        return None
+
     async def _retry(self, request: ModelRequest, key: str | None, sink: CallSink | None,
-                     first: ModelError, deadline: _Deadline) -> ModelResponse:
+                     first: ModelError, deadline: _Deadline, before: int = 0) -> ModelResponse:
         """Attempts 2.. after a retryable first failure, under the model's retry policy; no
         wait or attempt runs past the call's deadline, none starts in an abandoned group."""
         policy = self.config.retry
@@ -204,7 +277,7 @@ class Model:
         try:
             async for attempt in retrying:
                 with attempt:
-                    number = attempt.retry_state.attempt_number + 1
+                    number = attempt.retry_state.attempt_number + 1 + before
                     try:
                         return await self._attempt(request, number, key, sink, deadline)
                     except _PastDeadline:
@@ -337,6 +410,8 @@ class Model:
         return random.uniform(0, min(policy.backoff_max, policy.backoff_initial * 2 ** (attempt - 1)))
 
     async def aclose(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.aclose()
         if self._started:
             await self.provider.aclose()
             self._started = False

@@ -1,6 +1,9 @@
 """Dollar cost of a call from a versioned price table (prices.json), overridable per model.
 
 Unknown prices give cost None — never 0 — so a report can say what it could not price.
+Calls sent through a provider's batch API (a model with `batch = true`) cost `batch_price`:
+the model's batch_* prices where given, else the provider's published batch discount (the
+table's "batch" section: half, for OpenAI and Anthropic) applied to its list prices.
 """
 
 from __future__ import annotations
@@ -36,6 +39,34 @@ def price_for(config: ModelConfig) -> Price | None:
         if key in models:
             return Price(**models[key])
     return None
+
+
+def batch_discount(provider: str) -> float | None:
+    """The fraction of the list price a provider's batch API bills (None: no batch API)."""
+    value = price_table().get("batch", {}).get(provider)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def batch_price(config: ModelConfig) -> Price | None:
+    """Prices of a batched call, as a plain Price (input/output/cached_input): the explicit
+    batch_* prices, else the provider's discount applied to the list prices. None when the
+    model has no price, or neither explicit batch prices nor a provider rule exist."""
+    price = price_for(config)
+    if price is None:
+        return None
+    factor = batch_discount(config.provider)
+    cached = price.cached_input if price.cached_input is not None else price.input
+
+    def rate(explicit: float | None, listed: float) -> float | None:
+        if explicit is not None:
+            return explicit
+        return None if factor is None else listed * factor
+
+    values = (rate(price.batch_input, price.input), rate(price.batch_output, price.output),
+              rate(price.batch_cached_input, cached))
+    if values[0] is None or values[1] is None:
+        return None
+    return Price(input=values[0], output=values[1], cached_input=values[2])
 
 
 def cost_usd(response: ModelResponse, price: Price | None) -> float | None:

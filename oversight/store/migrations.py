@@ -13,7 +13,16 @@ from typing import Callable
 from sqlalchemy import Connection, inspect, text
 from sqlalchemy.schema import CreateTable
 
-from .tables import decisions, document_key, items, metadata, response_cache, utcnow
+from .tables import (
+    batch_requests,
+    decisions,
+    document_key,
+    items,
+    metadata,
+    provider_batches,
+    response_cache,
+    utcnow,
+)
 
 Migration = Callable[[Connection], None]
 
@@ -151,9 +160,17 @@ def m007_big_counters(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE {table} {alter}"))
 
 
+def m008_provider_batches(conn: Connection) -> None:
+    """Provider batch jobs and their requests (models with `batch = true`): stored before
+    they are sent, so a restarted run resumes them instead of sending them again."""
+    provider_batches.create(conn, checkfirst=True)
+    batch_requests.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[Migration] = [m001_initial, m002_costs_and_cache, m003_replaced_spend,
                                m004_leases_and_reply_cap, m005_tasks_decisions_truths,
-                               m006_documents_and_rejudging, m007_big_counters]
+                               m006_documents_and_rejudging, m007_big_counters,
+                               m008_provider_batches]
 
 _LEDGER = "schema_migrations"
 

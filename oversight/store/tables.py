@@ -229,3 +229,50 @@ decisions = Table(
     Column("created_at", String, nullable=False, default=utcnow),
     UniqueConstraint("episode_id", "idx"),
 )
+
+# Provider batch jobs (OpenAI Batch, Anthropic Message Batches) of models with `batch = true`,
+# written before anything is sent so that a process that dies and restarts finds them and
+# never sends a request twice (m008). `status`: stored (rows committed, not yet known to the
+# provider) | submitted (the provider has it: live) | ended (results read) | expired |
+# cancelled | failed (could not be submitted, or the provider failed it) | unsubmitted (found,
+# after a crash, never to have reached the provider; its requests went in later batches).
+provider_batches = Table(
+    "provider_batches", metadata,
+    Column("id", Integer, primary_key=True),  # the local batch id
+    Column("run_id", String, index=True),  # the run that sent it (informative: requests are
+    # recognised by their cache key, whichever run asks)
+    Column("provider", String, nullable=False),  # openai | anthropic
+    Column("model", String, nullable=False),
+    Column("base_url", String),  # the endpoint (NULL: the provider's own API)
+    Column("token", String, nullable=False, unique=True),  # random; OpenAI: the batch's metadata
+    Column("owner", String, nullable=False),  # host:pid:nonce of the process that sent it
+    Column("provider_batch_id", String, index=True),  # NULL until the provider accepted it
+    Column("input_file_id", String),  # OpenAI's uploaded JSONL
+    Column("status", String, nullable=False),
+    Column("provider_status", String),  # what the provider last said (in_progress, ended…)
+    Column("n_requests", Integer, nullable=False),
+    Column("error", String),
+    Column("created_at", String, nullable=False, default=utcnow),
+    Column("submitted_at", String),
+    Column("finished_at", String),
+    Index("ix_provider_batches_endpoint_status", "provider", "model", "status"),
+)
+
+# One request in a provider batch (m008). `custom_id` is what the provider knows it by; it is
+# the call's response-cache key (the canonical request, model and sample index), so a
+# restarted process recognises the same request. `status`: queued | submitted | succeeded |
+# errored | expired | cancelled | unsubmitted. `result`: the response (as in response_cache)
+# once it arrived; `error`/`error_kind` for a request the batch did not answer.
+batch_requests = Table(
+    "batch_requests", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("batch_id", Integer, ForeignKey("provider_batches.id"), nullable=False, index=True),
+    Column("custom_id", String, nullable=False),
+    Column("cache_key", String, nullable=False, index=True),
+    Column("status", String, nullable=False),
+    Column("result", JSON(none_as_null=True)),
+    Column("error", String),
+    Column("error_kind", String),
+    Column("finished_at", String),
+    UniqueConstraint("batch_id", "custom_id"),
+)

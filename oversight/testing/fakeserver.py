@@ -9,7 +9,9 @@ keep-alive connections. The real `openai` and `anthropic` SDK clients parse its 
         client = openai.AsyncOpenAI(base_url=srv.openai_base_url, api_key="x", max_retries=0)
         anthropic.AsyncAnthropic(base_url=srv.anthropic_base_url, api_key="x", max_retries=0)
 
-Endpoints: POST /v1/chat/completions, POST /v1/messages, GET /v1/models; anything else 404.
+Endpoints: POST /v1/chat/completions, POST /v1/messages, GET /v1/models, and both providers'
+batch APIs (files, batches, message batches: fakebatches.py, with their own faults
+`batch_faults`, `batch_hold` and `batch_seconds`); anything else 404.
 Faults apply to the two completion endpoints only, one per request in arrival order; kinds and
 options are in wire.py (FAULT_KINDS). Every fault dict may carry "delay" (seconds, overriding
 `latency` for that request) and "headers" (extra response headers); "reset" takes
@@ -28,7 +30,8 @@ Token counts are whitespace-separated words: prompt = every message text (and An
 system prompt), completion = the reply, cut to max_tokens words (finish "length"/"max_tokens").
 
 CLI (another process): python -m oversight.testing.fakeserver --port 0 --latency 0.5 \\
-    --fault-rate 0.2 --fault-kinds rate_limit,server_error,reset --seed 1 --reply "Answer: A"
+    --fault-rate 0.2 --fault-kinds rate_limit,server_error,reset --seed 1 --reply "Answer: A" \\
+    [--batch-hold] [--batch-seconds S] [--batch-faults expired,partial,...]
 prints "FAKESERVER_READY http://127.0.0.1:PORT", serves until SIGTERM/SIGINT or until its
 stdin closes (only watched when stdin is a pipe), then prints "FAKESERVER_STATS {json}" with
 the stats and the process's CPU seconds.
@@ -53,6 +56,7 @@ from collections.abc import Mapping
 from typing import Self
 
 from . import wire
+from .fakebatches import FakeBatches, is_batch_path, normalize_batch_fault
 from .wire import ANTHROPIC, OPENAI, http_response, normalize_fault
 
 __all__ = ["DEFAULT_FAULT_KINDS", "DEFAULT_REPLY", "FakeServer", "main"]
@@ -77,7 +81,8 @@ class FakeServer:
 
     def __init__(self, *, reply=DEFAULT_REPLY, latency: float = 0.0, faults=None,
                  fault_rate: float = 0.0, fault_kinds=None, seed: int = 0, rules=None,
-                 record: bool = True, port: int = 0):
+                 record: bool = True, port: int = 0, batch_faults=None, batch_hold: bool = False,
+                 batch_seconds: float = 0.0):
         self.reply = reply
         self.latency = float(latency)
         self.rules = [(r["match"], r["reply"]) if isinstance(r, Mapping) else tuple(r)
@@ -96,6 +101,14 @@ class FakeServer:
         self._conns: dict[asyncio.Task, asyncio.StreamWriter] = {}
         self._thread: threading.Thread | None = None
         self._thread_loop: asyncio.AbstractEventLoop | None = None
+        # Provider batch endpoints (fakebatches.py): faults per submitted batch (a list,
+        # consumed in order, or a callable), whether batches are held unfinished, and how
+        # long each takes at least.
+        self.batch_faults = (batch_faults if batch_faults is None or callable(batch_faults)
+                             else [normalize_batch_fault(f) for f in batch_faults])
+        self.batch_hold = batch_hold
+        self.batch_seconds = float(batch_seconds)
+        self.batches = FakeBatches(self)
 
     # --- configuration ------------------------------------------------------------------------
 
@@ -259,6 +272,8 @@ class FakeServer:
         if method == "POST" and path == "/v1/messages":
             return await self._complete(ANTHROPIC, path, headers, body, reader, writer, keep)
         self.stats["other"] += 1
+        if is_batch_path(path):
+            return await self.batches.handle(method, path, headers, body, writer, keep)
         if method == "GET" and path == "/v1/models":
             writer.write(http_response(200, wire.MODELS_BODY, keep, None))
         else:
@@ -454,11 +469,21 @@ def main(argv: list[str] | None = None) -> None:
                         help="comma-separated fault kinds drawn at --fault-rate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reply", default=DEFAULT_REPLY, help=r"reply text; \n is a newline")
+    parser.add_argument("--batch-hold", action="store_true",
+                        help="hold provider batches unfinished until POST /_fake/batches/release")
+    parser.add_argument("--batch-seconds", type=float, default=0.0,
+                        help="a provider batch finishes no sooner than this after it was created")
+    parser.add_argument("--batch-faults", default="",
+                        help="comma-separated batch faults, one per submitted batch in order "
+                             "(expired, cancelled, partial, failed, slow; '-' for none)")
     args = parser.parse_args(argv)
     kinds = [k.strip() for k in args.fault_kinds.split(",") if k.strip()]
+    batch_faults = [None if k.strip() == "-" else k.strip()
+                    for k in args.batch_faults.split(",") if k.strip()]
     server = FakeServer(reply=args.reply.replace("\\n", "\n"), latency=args.latency,
                         fault_rate=args.fault_rate, fault_kinds=kinds, seed=args.seed,
-                        record=False, port=args.port)
+                        record=False, port=args.port, batch_faults=batch_faults or None,
+                        batch_hold=args.batch_hold, batch_seconds=args.batch_seconds)
     asyncio.run(_serve(server))
 
 
