@@ -2,25 +2,32 @@
 
     python bench/throughput.py                     # everything (installs inspect_ai once)
     python bench/throughput.py --skip-inspect      # oversight only
-    python bench/throughput.py --connections 10,50 --latency 0.5 --waves 8
+    python bench/throughput.py --points 200@1,1000@5x5 --waves 10
 
 A latency-mock OpenAI-compatible server (oversight.testing.fakeserver, in its own process on
-127.0.0.1) answers every chat completion after `--latency` seconds. Each framework runs the
-judge-alone workload (one call per episode / sample) over waves x connections synthetic
-items with that many connections; a fresh server per measurement times the run by its own
-clock (first request received -> last answer sent). Printed as ratios:
+127.0.0.1) answers every chat completion after a fixed latency. Each framework runs the
+judge-alone workload (one call per episode / sample) over waves x connections synthetic items
+with that many connections; a fresh server per measurement times the run by its own clock
+(first request received -> last answer sent). A point `C@L` is C connections at L seconds of
+latency, `C@LxW` with W calls per connection (default --waves). Printed as ratios, each
+against its floor (issue 11, part 4):
 
   achieved / ideal throughput   ideal = connections / latency
+                                floors: >= 0.95 at 200 connections (1 s), >= 0.85 at 1,000 (5 s)
   CPU ms per call               (CPU of an N-call run - CPU of a 1-call run) / (N - 1), so
                                 start-up is not smeared over the calls; includes the store write.
-                                Per size, and pooled over the sizes (sum of CPU over sum of
+                                Per point, and pooled over the points (sum of CPU over sum of
                                 calls): start-up CPU varies by +-0.3 s between launches, which
-                                is +-3 ms a call in a 100-call run but +-0.15 in a 2,000-call one
+                                is +-3 ms a call in a 100-call run but +-0.15 in a 2,000-call one.
+                                Floor: <= 1.5 ms pooled
   --help seconds                median of 5
-  launch -> first request       process spawn to the server's first request (median of 3)
+  launch -> first request       process spawn to the server's first request (median of 3), as
+                                a ratio to `python -c "import openai"` on the same machine
+                                (median of 5): floor <= 1.3x
 
-Not a test: timings on a shared machine are noisy, so nothing here asserts. The load average
-is printed with the results.
+The soft limit on open files is raised to the hard limit (1,000 connections need 1,000
+sockets in the client and as many in the server). Not a test: timings on a shared machine are
+noisy, so nothing here asserts. The load average is printed with the results.
 """
 
 from __future__ import annotations
@@ -40,7 +47,29 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 INSPECT_VERSION = "0.3.285"
 INSPECT_VENV = Path(os.environ.get("OVERSIGHT_BENCH_VENV", Path.home() / ".cache" / "oversight" / "bench-inspect-venv"))
-FLOORS = {"ratio@50": 0.90, "ratio@200": 0.80, "cpu_ms": 3.0, "help_s": 0.3, "first_s": 0.8}
+# key -> (floor, True if the value must be at least the floor, False if at most)
+FLOORS = {"ratio@200": (0.95, True), "ratio@1000": (0.85, True), "cpu_ms": (1.5, False),
+          "help_s": (0.3, False), "first_ratio": (1.3, False)}
+
+
+def parse_points(text: str, waves: int) -> list[tuple[int, float, int]]:
+    """"200@1,1000@5x5" -> [(200, 1.0, waves), (1000, 5.0, 5)]; a bare "50" uses --latency."""
+    out = []
+    for part in text.split(","):
+        head, _, w = part.partition("x")
+        c, _, lat = head.partition("@")
+        out.append((int(c), float(lat) if lat else None, int(w) if w else waves))
+    return out
+
+
+def raise_open_files() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 INSPECT_TASK = '''
 from inspect_ai import Task, task
@@ -193,65 +222,78 @@ def measure(fw: Framework, args, env: dict) -> dict:
             one_cpu.append(r["cpu"])
         out["first_s"] = statistics.median(firsts)
         base_cpu = statistics.median(one_cpu)
-        cpu_per_call, extra_cpu, extra_calls = [], 0.0, 0
-        for c in args.connections:
-            n = args.waves * c
-            r = run_spec(fw, work, c, n, args.latency, env)
-            ideal = c / args.latency
+        extra_cpu, extra_calls = 0.0, 0
+        for c, latency, waves in args.points:
+            latency = args.latency if latency is None else latency
+            n = waves * c
+            r = run_spec(fw, work, c, n, latency, env)
+            ideal = c / latency
             out[f"ratio@{c}"] = (n / r["span"]) / ideal
             out[f"inflight@{c}"] = r["max_in_flight"]
-            cpu_per_call.append(1000 * (r["cpu"] - base_cpu) / (n - 1))
-            out[f"cpu@{c}"] = cpu_per_call[-1]
+            out[f"cpu@{c}"] = 1000 * (r["cpu"] - base_cpu) / (n - 1)
             extra_cpu, extra_calls = extra_cpu + r["cpu"] - base_cpu, extra_calls + n - 1
-            print(f"  {fw.name:10s} {c:4d} connections: {n} calls in {r['span']:.2f} s "
-                  f"(ideal {n / ideal:.2f} s) -> {out[f'ratio@{c}']:.3f} of ideal; "
-                  f"CPU {cpu_per_call[-1]:.2f} ms/call", flush=True)
+            print(f"  {fw.name:10s} {c:4d} connections, {latency:g} s: {n} calls in "
+                  f"{r['span']:.2f} s (ideal {n / ideal:.2f} s) -> {out[f'ratio@{c}']:.3f} of "
+                  f"ideal; at most {r['max_in_flight']} in flight; CPU {out[f'cpu@{c}']:.2f} "
+                  f"ms/call", flush=True)
         out["cpu_ms"] = 1000 * extra_cpu / extra_calls
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--connections", default="10,50,200",
-                        type=lambda s: [int(x) for x in s.split(",")])
-    parser.add_argument("--latency", type=float, default=1.0, help="server latency, seconds")
-    parser.add_argument("--waves", type=int, default=10, help="calls per connection")
+    parser.add_argument("--points", default="200@1,1000@5x5",
+                        help="connections@latency[xcalls per connection], comma-separated")
+    parser.add_argument("--latency", type=float, default=1.0,
+                        help="server latency, seconds, for points without one (and 1-call runs)")
+    parser.add_argument("--waves", type=int, default=10, help="calls per connection (default)")
     parser.add_argument("--skip-inspect", action="store_true")
     args = parser.parse_args()
+    args.points = parse_points(args.points, args.waves)
+    files = raise_open_files()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OVERSIGHT_DB",))}
     env.update(OPENAI_API_KEY="bench-not-a-key", INSPECT_LOG_LEVEL="warning",
                INSPECT_DISPLAY="none")
     load0 = os.getloadavg()
     print(f"{os.cpu_count()} cores, load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}; "
-          f"latency {args.latency} s, {args.waves} calls per connection", flush=True)
+          f"open files {files}; points "
+          + ", ".join(f"{c}@{args.latency if lat is None else lat:g}s x{w}" for c, lat, w in args.points),
+          flush=True)
     frameworks = [Oversight()] + ([] if args.skip_inspect else [Inspect()])
     results = {fw.name: measure(fw, args, env) for fw in frameworks}
     # The floor under any launch -> first request through the official SDK on this machine:
     # a bare interpreter importing it (and nothing else).
     sdk_import = median_time([sys.executable, "-c", "import openai"], env)
+    for r in results.values():
+        r["first_ratio"] = r["first_s"] / sdk_import
     load1 = os.getloadavg()
-    rows = ([f"ratio@{c}" for c in args.connections] + [f"cpu@{c}" for c in args.connections]
-            + ["cpu_ms", "help_s", "first_s"])
-    labels = {**{f"ratio@{c}": f"achieved / ideal, {c} connections" for c in args.connections},
-              **{f"cpu@{c}": f"CPU ms per call, {c} connections" for c in args.connections},
+    cs = [c for c, _, _ in args.points]
+    lat = {c: args.latency if at is None else at for c, at, _ in args.points}
+    rows = ([f"ratio@{c}" for c in cs] + [f"cpu@{c}" for c in cs]
+            + ["cpu_ms", "help_s", "first_s", "first_ratio"])
+    labels = {**{f"ratio@{c}": f"achieved / ideal, {c} connections ({lat[c]:g} s)" for c in cs},
+              **{f"cpu@{c}": f"CPU ms per call, {c} connections" for c in cs},
               "cpu_ms": "CPU ms per call, pooled", "help_s": "--help seconds",
-              "first_s": "launch -> first request, s"}
+              "first_s": "launch -> first request, s",
+              "first_ratio": "launch -> first request ÷ `import openai`"}
     names = list(results)
     print()
     print("| metric | " + " | ".join(names) + (" | oversight / inspect_ai" if len(names) > 1 else "")
-          + " | floor (oversight) |")
-    print("|---|" + "---|" * (len(names) + (2 if len(names) > 1 else 1)))
+          + " | floor | oversight ÷ floor |")
+    print("|---|" + "---|" * (len(names) + (3 if len(names) > 1 else 2)))
     for key in rows:
         vals = [results[n][key] for n in names]
         cells = [f"{v:.3f}" if "ratio" in key else f"{v:.2f}" for v in vals]
         ratio = f" | {vals[0] / vals[1]:.2f}" if len(vals) > 1 and vals[1] else ""
-        floor = FLOORS.get(key)
-        ok = "" if floor is None else (
-            f"{'≥' if 'ratio' in key else '≤'} {floor} "
-            + ("✓" if (vals[0] >= floor if "ratio" in key else vals[0] <= floor) else "✗"))
+        floor, at_least = FLOORS.get(key, (None, True))
+        if floor is None:
+            ok = " | "
+        else:
+            met = vals[0] >= floor if at_least else vals[0] <= floor
+            ok = f"{'≥' if at_least else '≤'} {floor} | {vals[0] / floor:.3f} {'✓' if met else '✗'}"
         print(f"| {labels[key]} | " + " | ".join(cells) + ratio + f" | {ok} |")
     print(f"\n`python -c 'import openai'` alone takes {sdk_import:.2f} s here: oversight's launch -> "
-          f"first request is {results['oversight']['first_s'] / sdk_import:.2f}x that.")
+          f"first request is {results['oversight']['first_ratio']:.2f}x that.")
     print(f"load average after: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
 
 

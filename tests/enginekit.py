@@ -100,7 +100,7 @@ class Result:
         return ["\n".join(c for _, c in req.messages) for req in self.calls(alias)]
 
     def total_calls(self) -> int:
-        return sum(len(m.provider.calls) for m in self.models.values())
+        return sum(m.provider.n_calls for m in self.models.values())
 
 
 def load(spec_path: Path, *, limit: int | None = None, protocol_dirs: list[Path] = ()) -> LoadedSpec:

@@ -175,6 +175,7 @@ def test_import_refuses_bad_arguments_before_writing(tmp_path):
     assert not db.exists()
     empty = cli("import", "nyu-debate", tmp_path, "--db", db)  # a folder with no release in it
     assert empty.exit_code == 2 and str(tmp_path) in empty.stderr
+    assert not db.exists()  # checked before a store is made
 
 
 def test_roc_points_by_hand_and_their_area_is_the_auroc():

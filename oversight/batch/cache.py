@@ -20,11 +20,13 @@ class StoreCache:
         self.store, self.writer = store, writer
         # The keys already stored for these models, read once: a run of new requests then
         # costs no query per call (an entry another process adds meanwhile is only a miss).
-        self.keys = store.cache_keys(models) if models is not None else None
+        # Held as the int of each key's first 15 hex digits (a 64-character string each would
+        # be ~150 bytes a call held for the whole run): a collision only costs a store read.
+        self.keys = {_short(k) for k in store.cache_keys(models)} if models is not None else None
 
     async def get(self, key: str) -> ModelResponse | None:
         row = self.writer.pending_cache.get(key) if self.writer is not None else None
-        if row is None and (self.keys is None or key in self.keys):
+        if row is None and (self.keys is None or _short(key) in self.keys):
             row = self.store.cache_get(key)
         if row is None:
             return None
@@ -37,11 +39,18 @@ class StoreCache:
                            "options": config.output_options()},
                "response": _as_row(response), "created_at": utcnow()}
         if self.keys is not None:
-            self.keys.add(key)
+            self.keys.add(_short(key))
         if self.writer is not None:
             self.writer.cache(row)
         else:
             self.store.cache_put(row)
+
+
+def _short(key: str) -> int:
+    try:
+        return int(key[:15], 16)
+    except ValueError:  # not a hex digest: its hash serves as well
+        return hash(key)
 
 
 def _as_row(response: ModelResponse) -> dict:

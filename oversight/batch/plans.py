@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 _DISPOSITION = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EpisodePlan:
     key: str
     protocol: ProtocolDef
@@ -76,6 +76,9 @@ def expand(path: Path, spec: BatchSpec, registry: dict[str, ProtocolDef],
            models: dict[str, ModelConfig], items: list[Item]) -> list[EpisodePlan]:
     plans: list[EpisodePlan] = []
     owner: dict[str, str] = {}  # episode key -> the entry that planned it
+    # Equal assignments and role maps are one shared (read-only) object across plans, not one
+    # copy per episode: a plan then holds little beyond its key and item (bench/memory.py).
+    shared: dict[tuple, Any] = {}
     variants: dict[str, int] = {}  # how reports name a variant -> the entry that planned it
     distinct = _distinct_settings(spec.protocols)
     for i, pspec in enumerate(spec.protocols):
@@ -129,9 +132,13 @@ def expand(path: Path, spec: BatchSpec, registry: dict[str, ProtocolDef],
                                         "plans (same protocol, params, models, dispositions and "
                                         "item); remove the repeat")
                     owner[key] = where
-                    plans.append(EpisodePlan(key, proto, variant, params, item, assignment,
-                                             dict(roles), dispositions | assignment.dispositions,
-                                             spec.seed, i))
+                    merged = dispositions | assignment.dispositions
+                    plans.append(EpisodePlan(
+                        key, proto, variant, params, item,
+                        _shared(shared, ("a", assignment.label, _frozen(assignment.answers),
+                                         _frozen(assignment.dispositions)), assignment),
+                        _shared(shared, ("r", i, _frozen(roles)), roles),
+                        _shared(shared, ("d", _frozen(merged)), merged), spec.seed, i))
             if variants.setdefault(variant, i) != i:
                 raise SpecError(str(path), f"{where}.label", f"protocols[{variants[variant]}] is "
                                 f"reported as {variant!r} too: give one of them another label = "
@@ -145,6 +152,17 @@ def expand(path: Path, spec: BatchSpec, registry: dict[str, ProtocolDef],
             raise SpecError(str(path), f"roles.{role}", f"no protocol in this spec has a role "
                             f"{role!r}; roles: {', '.join(sorted(used))} (\"*\" sets every role)")
     return plans
+
+
+def _frozen(d: dict) -> tuple:
+    return tuple(sorted(d.items()))
+
+
+def _shared(table: dict[tuple, Any], key: tuple, value: Any) -> Any:
+    """The first value planned under `key` (a copy of a dict: the caller may change its own)."""
+    if key not in table:
+        table[key] = dict(value) if isinstance(value, dict) else value
+    return table[key]
 
 
 def _distinct_settings(entries: list[ProtocolSpec]) -> list[dict[str, Any]]:

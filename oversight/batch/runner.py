@@ -36,6 +36,7 @@ MESSAGES, CALLS, DECISIONS = messages, model_calls, decisions
 
 # Episode states a resume runs again; "failed" only with retry_failed; "done" never.
 INCOMPLETE = ("pending", "running", "interrupted", "stopped")
+ROWS_PER_INSERT = 5_000  # new episode rows made and inserted a page at a time
 
 
 class Progress(Protocol):
@@ -132,7 +133,8 @@ def register_run(loaded: LoadedSpec, store: Store) -> str:
                     "spec_hash": loaded.spec_hash, "code": loaded.code,
                     "status": "created", "package_version": __version__,
                     "created_at": utcnow(), "updated_at": utcnow()})
-    store.save_items(_item_row(it) for it in loaded.items)
+    for start in range(0, len(loaded.items), ROWS_PER_INSERT):  # a page of rows at a time
+        store.save_items(_item_row(it) for it in loaded.items[start:start + ROWS_PER_INSERT])
     return loaded.run_id
 
 
@@ -187,56 +189,74 @@ async def _run_batch(loaded: LoadedSpec, store: Store, prompts: PromptLibrary, *
         return summary
 
     configs = {alias: cfg.public() for alias, cfg in loaded.models.items()}
-    ids = store.create_episodes(run_id, [_episode_row(p, run_id, configs) for p, ep_id in pending
-                                         if ep_id is None])
+    new = [p for p, ep_id in pending if ep_id is None]
+    del status
+    for start in range(0, len(new), ROWS_PER_INSERT):  # rows made a page at a time
+        store.add_episodes([_episode_row(p, run_id, configs)
+                            for p in new[start:start + ROWS_PER_INSERT]])
+    del new
+    ids = store.episode_ids(run_id)
     # Workers on this host that died (kill -9, a crash) give their leases up at once.
     store.expire_leases(dead_workers(store.lease_holders(run_id)))
     writer = store.writer(owner, lease_seconds)
     needed = {alias for plan, _ in pending for alias in plan.roles.values()}
     cache = StoreCache(store, writer, sorted({loaded.models[a].model for a in needed})) if use_cache else None
-    models = models or {alias: Model(alias, loaded.models[alias], cache=cache, budget=budget)
-                        for alias in needed}
+    models = models or {alias: Model(alias, loaded.models[alias], cache=cache, budget=budget,
+                                     journal=store.batch_journal(run_id)) for alias in needed}
     store.set_run_status(run_id, "running")
-    gate = asyncio.Semaphore(loaded.spec.concurrency)
-    claims = Claims(store, owner, lease_seconds, [ids[p.key][0] for p, _ in pending],
-                    batch=loaded.spec.concurrency, retry_failed=retry_failed)
+    # The episodes to run, in plan order, as ids: no other per-episode state is held for
+    # them until they start, and none after they are written (memory flat in the run's size).
+    order = [ids[p.key] for p, _ in pending]
+    del ids
+    rank = {ep_id: i for i, ep_id in enumerate(order)}  # an episode's plan: pending[rank[id]]
+    claims = Claims(store, owner, lease_seconds, order, batch=loaded.spec.concurrency,
+                    retry_failed=retry_failed, position=rank)
     active: dict[int, asyncio.Task] = {}
     lost: set[int] = set()
     # Episodes another worker held when this one came to them (or took from it): waited for
     # once this worker's share is done (see_others_through), and counted when they end.
     waiting: set[int] = set()
-    plan_of = {ids[p.key][0]: p for p, _ in pending}
-    rank = {ep_id: i for i, ep_id in enumerate(plan_of)}
 
-    async def one(plan: EpisodePlan) -> None:
+    async def pool(ep_ids) -> None:
+        """Run these episodes, at most `concurrency` at a time: that many lanes, each taking
+        the next episode when its last one ends (not one waiting task per episode)."""
+        queue = iter(ep_ids)
+
+        async def lane() -> None:
+            for ep_id in queue:  # (a plain iterator shared by the lanes: no await inside)
+                if budget is not None and budget.exhausted:
+                    return  # never started: stays pending for the next run
+                await one(ep_id)
+
+        lanes = min(loaded.spec.concurrency, len(ep_ids))
+        await asyncio.gather(*(lane() for _ in range(lanes)))
+
+    async def one(ep_id: int) -> None:
         try:
-            await run_one(plan)
+            await run_one(ep_id)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a claim the store refused: stop the batch
             stop(exc if isinstance(exc, OversightError) else _store_error(store, exc))
 
-    async def run_one(plan: EpisodePlan) -> None:
-        async with gate:
-            if budget is not None and budget.exhausted:
-                return  # never started: stays pending for the next run
-            ep_id = ids[plan.key][0]
-            if not await claims.take(ep_id):
-                waiting.add(ep_id)  # another worker runs it
-                return
-            task = asyncio.ensure_future(run_episode(plan, ep_id, prompts, models, writer,
-                                                     progress, summary))
-            active[ep_id] = task
-            try:
-                result = await task
-            except asyncio.CancelledError:
-                if ep_id not in lost or asyncio.current_task().cancelling():
-                    raise
-                result = "lost"  # its lease ran out and another worker may have it
-                lost.discard(ep_id)  # (a later claim of it may be lost again)
-                waiting.add(ep_id)
-            finally:
-                del active[ep_id]
+    async def run_one(ep_id: int) -> None:
+        if not await claims.take(ep_id):
+            waiting.add(ep_id)  # another worker runs it
+            return
+        plan = pending[rank[ep_id]][0]
+        task = asyncio.ensure_future(run_episode(plan, ep_id, prompts, models, writer,
+                                                 progress, summary))
+        active[ep_id] = task
+        try:
+            result = await task
+        except asyncio.CancelledError:
+            if ep_id not in lost or asyncio.current_task().cancelling():
+                raise
+            result = "lost"  # its lease ran out and another worker may have it
+            lost.discard(ep_id)  # (a later claim of it may be lost again)
+            waiting.add(ep_id)
+        finally:
+            del active[ep_id]
         count(result, shown=result != "lost")
 
     def count(result: str, shown: bool = True) -> None:
@@ -282,7 +302,7 @@ async def _run_batch(loaded: LoadedSpec, store: Store, prompts: PromptLibrary, *
                     lose(ep_id)
                 waiting.difference_update(free)
                 claims.again(free)
-                await asyncio.gather(*(one(plan_of[ep_id]) for ep_id in free))
+                await pool(free)
                 if not waiting.issuperset(free):
                     continue  # some ran here (or the budget ran out): look again at once
             await asyncio.sleep(poll)  # nothing to take yet: the holders are alive
@@ -327,7 +347,7 @@ async def _run_batch(loaded: LoadedSpec, store: Store, prompts: PromptLibrary, *
     stopped = None
     try:
         with quiet_gc():
-            await asyncio.gather(*(one(plan) for plan, _ in pending))
+            await pool(order)
             await see_others_through()
         for _ in range(len(waiting)):  # stopped by the budget: left to their holders
             count("skipped")

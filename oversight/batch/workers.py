@@ -34,10 +34,11 @@ class Claims:
     MAX_BATCH = 500  # ids in one SQL IN (...)
 
     def __init__(self, store: Store, owner: str, ttl: float, order: list[int], batch: int,
-                 retry_failed: bool):
+                 retry_failed: bool, position: dict[int, int] | None = None):
+        """`position`: ep_id -> its index in `order`, when the caller has it already."""
         self.store, self.owner, self.ttl, self.retry_failed = store, owner, ttl, retry_failed
         self.order = order
-        self.position = {ep_id: i for i, ep_id in enumerate(order)}
+        self.position = position if position is not None else {ep_id: i for i, ep_id in enumerate(order)}
         self.batch = max(1, min(batch, self.MAX_BATCH))
         self.decided: dict[int, bool] = {}  # claimed (True) or lost (False), not yet taken
         self._lock = asyncio.Lock()

@@ -223,6 +223,9 @@ def _execute(loaded, library, db, *, retry_failed: bool, no_cache: bool,
         raise typer.Exit(EXIT_SIGNAL.get(caught, EXIT_INTERRUPTED))
 
     from .review import print_report
+    # The run's plans and items are no longer needed: the report (which reads every episode
+    # back) reuses their memory instead of adding to it (bench/memory.py).
+    loaded.plans, loaded.items = [], []
     print_report(store, [summary.run_id])
     states = summary.states
     left = sum(n for s, n in states.items() if s != "done")
@@ -276,7 +279,7 @@ def _dry_run(loaded, library, db, retry_failed: bool) -> None:
                       "max_tokens. Cache hits would make it cheaper.", caption_justify="left")
     for col in ("model", "calls", "tokens in", "tokens out", "cost (USD)"):
         t.add_column(col, justify="left" if col == "model" else "right")
-    lo_total = hi_total = 0.0
+    lo_total = hi_total = lo_saved = hi_saved = 0.0
     priced = True
     for alias, m in est.per_model.items():
         cost = m.cost()
@@ -284,11 +287,17 @@ def _dry_run(loaded, library, db, retry_failed: bool) -> None:
             priced = False
         else:
             lo_total, hi_total = lo_total + cost[0], hi_total + cost[1]
+        price = "no price" if cost is None else f"{cost[0]:.4f}–{cost[1]:.4f}"
+        if (saved := m.saving()) is not None:  # batch = true: at the batch price
+            lo_saved, hi_saved = lo_saved + saved[0], hi_saved + saved[1]
+            price += f" batch (saves {saved[0]:.4f}–{saved[1]:.4f})"
         t.add_row(alias, f"{m.calls:,}", f"{m.tokens_in[0]:,}–{m.tokens_in[1]:,}",
-                  f"{m.tokens_out[0]:,}–{m.tokens_out[1]:,}",
-                  "no price" if cost is None else f"{cost[0]:.4f}–{cost[1]:.4f}")
+                  f"{m.tokens_out[0]:,}–{m.tokens_out[1]:,}", price)
     out.print(t)
     out.print(f"total: ${lo_total:.4f}–${hi_total:.4f}" + ("" if priced else " (plus unpriced models)"))
+    if lo_saved or hi_saved:
+        out.print(f"provider batches (batch = true) save ${lo_saved:.4f}–${hi_saved:.4f} against "
+                  f"ordinary calls (${lo_total + lo_saved:.4f}–${hi_total + hi_saved:.4f})")
 
 
 @app.command("cache")

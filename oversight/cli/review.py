@@ -198,7 +198,9 @@ def plot(run_refs: RunsArg,
                                     "detectors in these runs", markup=False)
 
 
-IMPORTERS = {"nyu-debate": "oversight.importers.nyu_debate:import_nyu_debate"}
+# kind -> (its reader: folder -> what it read, checked; its importer: (store, that) -> run id)
+IMPORTERS = {"nyu-debate": ("oversight.importers.nyu_release:read_release",
+                            "oversight.importers.nyu_debate:import_nyu_debate")}
 
 
 @app.command("import")
@@ -212,13 +214,14 @@ def import_(kind: Annotated[str, typer.Argument(metavar="KIND", help="nyu-debate
     from ..errors import OversightError
     if kind not in IMPORTERS:
         raise _fail(f"KIND: expected one of {', '.join(IMPORTERS)}, got {kind!r}")
-    module, _, name = IMPORTERS[kind].partition(":")
-    importer = getattr(importlib.import_module(module), name)
+    reader, importer = (getattr(importlib.import_module(module), name) for module, _, name
+                        in (ref.partition(":") for ref in IMPORTERS[kind]))
     if not path.is_dir():
         raise _fail(f"{path}: expected the release's folder")
-    store = _store(db, create=True)
     try:
-        run_id = importer(store, path)
+        release = reader(path)  # read and checked whole before a store is opened or made
+        store = _store(db, create=True)
+        run_id = importer(store, release)
     except (OversightError, ValueError) as exc:
         raise _fail(str(exc)) from None
     _console(stderr=True).print(f"imported {kind} as run {run_id} "

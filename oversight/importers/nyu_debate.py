@@ -387,13 +387,13 @@ def _same_items(conn, rows: list[dict], store: Store) -> None:
                                "the importer: import into a new store)")
 
 
-def import_nyu_debate(store: Store, path: str | Path) -> str:
+def import_nyu_debate(store: Store, path: str | Path | Release) -> str:
     """Import the release in folder `path` (README.md, debates-metadata.json,
-    debates/official/*.json) into `store` as one run; returns its id. The whole release is
-    read and checked first (ImportFailed names the file and key of anything malformed), then
-    written in one transaction of insert-or-ignore statements: importing it again adds
-    nothing and returns the same id."""
-    release = read_release(path)
+    debates/official/*.json; or a `Release` that `read_release` read) into `store` as one
+    run; returns its id. The whole release is read and checked first (ImportFailed names the
+    file and key of anything malformed), then written in one transaction of insert-or-ignore
+    statements: importing it again adds nothing and returns the same id."""
+    release = path if isinstance(path, Release) else read_release(path)
     run_id = f"{NAME}-{release.digest[:10]}"
     with store.engine.connect() as conn:
         have = conn.execute(select(func.count()).select_from(episodes)

@@ -4,7 +4,9 @@ options.script: a list of replies used in turn (cycled); options.rules: a list o
 {"match": substring, "reply": text}, the first whose substring is in the prompt wins;
 options.delay: seconds before each reply; options.fail_on: a substring that makes a call
 fail (HTTP 400-like). Options are checked when the spec loads (check_options).
-Every request is kept in `calls` so a test can see exactly what each role was shown.
+Requests are kept in `calls` so a test can see exactly what each role was shown: the first
+KEEP_CALLS of them (a long batch of mock calls, e.g. a memory benchmark, must not hold every
+prompt it sent); `n_calls` counts them all.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from ..errors import ModelError
 from .base import ModelConfig, ModelRequest, ModelResponse, Provider
 
 _OPTIONS = {"script", "rules", "delay", "fail_on", "timeout"}
+KEEP_CALLS = 10_000
 
 
 def check_options(options: dict) -> tuple[str, str] | None:
@@ -53,9 +56,12 @@ class MockProvider(Provider):
         self._delay = float(config.options.get("delay", 0.0))
         self._fail = str(config.options.get("fail_on", "")) or None
         self.calls: list[ModelRequest] = []
+        self.n_calls = 0
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
-        self.calls.append(request)
+        self.n_calls += 1
+        if len(self.calls) < KEEP_CALLS:
+            self.calls.append(request)
         if self._delay:
             await asyncio.sleep(self._delay)
         prompt = "\n".join(c for _, c in request.messages)

@@ -9,7 +9,9 @@ into the JSON body), `reasoning_effort`, and `temperature` (only for reasoning m
 
 from __future__ import annotations
 
+import itertools
 import json
+import secrets
 from typing import Any
 
 import httpx
@@ -60,9 +62,10 @@ class OpenAIProvider(Provider):
         # aiohttp, the SDK's own alternative transport: httpx's pool spends CPU quadratic in
         # the connections in use (~25 ms a call at 200 connections; bench/RESULTS.md).
         timeout = attempt_timeout(self.config)
+        http = openai.DefaultAioHttpClient(timeout=timeout)
+        _cookies_only_when_set(http)
         return openai.AsyncOpenAI(api_key=key or "not-needed", base_url=self.config.base_url,
-                                  max_retries=0,
-                                  timeout=timeout, http_client=openai.DefaultAioHttpClient(timeout=timeout))
+                                  max_retries=0, timeout=timeout, http_client=http)
 
     async def start(self) -> None:
         if self._client is None:
@@ -103,7 +106,9 @@ class OpenAIProvider(Provider):
             # The client's generic post(): the same request building, auth, transport and
             # status-error mapping as chat.completions.create(), without its per-call walk of
             # the typed parameters (~1 ms) or a pydantic model of the reply we do not keep.
-            http = await self._client.post("/chat/completions", body=body, cast_to=httpx.Response)
+            # An idempotency key of our own: the SDK would draw a uuid4 per call (a syscall).
+            http = await self._client.post("/chat/completions", body=body, cast_to=httpx.Response,
+                                           options={"idempotency_key": next(_KEYS)})
             data = json.loads(http.content)
         except (openai.OpenAIError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             error = self._error(exc)
@@ -171,10 +176,35 @@ class OpenAIProvider(Provider):
             return malformed_body(exc, self._secrets)
         return unexpected_error(exc, self._secrets)
 
+    def batches(self):
+        """This provider's batch API (models/batching), for a model with batch = true."""
+        from .batching.openai_batches import OpenAIBatches
+
+        return OpenAIBatches(self)
+
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+
+_KEYS = (f"oversight-{secrets.token_hex(8)}-{n}" for n in itertools.count())
+
+
+class _CookiesWhenSet(httpx.Cookies):
+    """The client's cookie jar, read only from responses that set a cookie: httpx otherwise
+    wraps every response for the standard library's cookie parser (~0.1 ms a call) to find
+    none. A response with Set-Cookie is handled exactly as before."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        if "set-cookie" in response.headers:
+            super().extract_cookies(response)
+
+
+def _cookies_only_when_set(http: httpx.AsyncClient) -> None:
+    jar = getattr(http, "_cookies", None)
+    if type(jar) is httpx.Cookies:  # (an httpx without this attribute: left as it is)
+        http._cookies = _CookiesWhenSet(jar.jar)
 
 
 def _dict(value: Any) -> dict:

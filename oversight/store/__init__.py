@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Iterable
 
-from sqlalchemy import String, func, insert, select, type_coerce, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import leases
-from .columns import _JSONCache, _read_columns
+from . import results as reads
 from .db import DEFAULT_DB, create_store_engine, resolve_url, safe_url, target_of
 from .migrations import MIGRATIONS, migrate, schema_version
 from .tables import (
@@ -112,10 +112,20 @@ class Store:
         """Insert, in one transaction, the planned episodes not stored yet (status pending);
         another process inserting the same ones meanwhile is fine. Returns key -> (id, status)
         for every episode of the run."""
+        self.add_episodes(rows)
+        return self.episode_status(run_id)
+
+    def add_episodes(self, rows: list[dict]) -> None:
+        """`create_episodes` without reading the run's episodes back (a page of a large run)."""
         if rows:
             with self.engine.begin() as conn:
                 conn.execute(_insert_ignore(episodes, conn.dialect.name), rows)
-        return self.episode_status(run_id)
+
+    def episode_ids(self, run_id: str) -> dict[str, int]:
+        """key -> episode id for every episode of a run."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(episodes.c.key, episodes.c.id).where(episodes.c.run_id == run_id))
+            return {k: i for k, i in rows}
 
     # -- leases (store/leases.py) --------------------------------------------------------
     def claim_episodes(self, ids: list[int], owner: str, ttl: float,
@@ -149,6 +159,12 @@ class Store:
 
     def writer(self, owner: str | None = None, lease_seconds: float | None = None) -> Writer:
         return Writer(self.engine, owner=owner, lease_seconds=lease_seconds)
+
+    def batch_journal(self, run_id: str | None = None):
+        """The record of provider batch jobs (store/batches.py), for models with batch = true."""
+        from .batches import BatchJournal
+
+        return BatchJournal(self.engine, run_id)
 
     def add_message(self, values: dict) -> int:
         return self._exec(insert(messages).values(**values)).inserted_primary_key[0]
@@ -217,18 +233,8 @@ class Store:
             return {"episode": dict(ep), "item": dict(item) if item else None,
                     "messages": [dict(m) for m in msgs], "decisions": [dict(d) for d in made]}
 
-    # the keys of a `results()` row, in order; JSON ones parsed; role_models computed
-    RESULT_KEYS = ("id", "run_id", "protocol", "variant", "item_id", "params", "assignment",
-                   "roles", "dispositions", "intent", "target", "probabilities", "status",
-                   "n_calls", "tokens_in", "tokens_out", "tokens_cached", "cost_usd",
-                   "cache_hits", "outcome", "treatment", "decides", "duration_s",
-                   "source_episode_id", "item_kind", "dataset", "document", "parsed",
-                   "chosen", "correct", "answer_text", "role_models")
-    _RESULT_JSON = ("params", "assignment", "roles", "models", "dispositions", "intent",
-                    "target", "probabilities")
-    _ANSWER_KEYS = ("probabilities", "parsed", "chosen", "correct", "answer_text")
-    _RESULT_TEXTS = ("run_id", "protocol", "variant", "item_id", "status", "treatment",
-                     "decides", "item_kind", "dataset", "document")  # few distinct values
+    RESULT_KEYS = reads.RESULT_KEYS
+    DETECTION_KEYS = reads.DETECTION_KEYS
 
     def results(self, run_ids: list[str]) -> list[dict]:
         """One row per episode of the given runs, with its item's kind, gold (`target`) and
@@ -244,78 +250,8 @@ class Store:
         """`results()` as columns, key -> one value per episode (in episode id order), only the
         given `keys` (of `RESULT_KEYS`; all by default): the same values without a dict per
         episode, and without reading what is not asked for (the report's read)."""
-        keys = self.RESULT_KEYS if keys is None else tuple(dict.fromkeys(keys))
-        if unknown := [k for k in keys if k not in self.RESULT_KEYS]:
-            raise ValueError(f"not a key of Store.results(): {', '.join(unknown)}")
-        e, d, i = episodes.c, decisions.c, items.c
-        exprs = {"params": e.params, "assignment": e.assignment, "roles": e.roles,
-                 "models": e.models, "dispositions": e.dispositions, "intent": e.intent,
-                 "probabilities": d.probabilities, "parsed": d.parsed, "chosen": d.choice,
-                 "correct": d.correct, "answer_text": d.text}
-        item_exprs = {"target": i.target, "item_kind": i.kind, "dataset": i.dataset,
-                      "document": func.coalesce(i.document, i.id)}
-        read = [k for k in keys if k not in item_exprs and k != "role_models"]
-        if "role_models" in keys:
-            read += [k for k in ("roles", "models") if k not in read]
-        per_item = [k for k in keys if k in item_exprs]
-        read += [k for k in ("id", "item_id") if k not in read]  # the order; the items
-        one_run = len(set(run_ids)) == 1 and "run_id" in read  # its id: not read per episode
-        if one_run:
-            read.remove("run_id")
-        cols = []
-        for k in read:
-            col = exprs.get(k)
-            col = getattr(e, k) if col is None else col
-            cols.append((type_coerce(col, String) if k in self._RESULT_JSON else col).label(k))
-        # the items join only keeps episodes that have an item (its index alone, no row read)
-        stmt = (select(*cols).select_from(episodes).join(items, i.id == e.item_id)
-                .where(e.run_id.in_(run_ids)))
-        if any(k in self._ANSWER_KEYS for k in read):  # the deciding role's last answer
-            # (highest idx): its row id, so the join is a primary-key lookup (EXPLAIN QUERY
-            # PLAN: one index search of the episode's decisions, then the row by rowid)
-            last = decisions.alias("last_answer")
-            final = (select(last.c.id).where(last.c.episode_id == e.id,
-                                             last.c.role == e.decides, last.c.kind == "answer")
-                     .order_by(last.c.idx.desc()).limit(1).correlate(episodes).scalar_subquery())
-            stmt = stmt.join(decisions, d.id == final, isouter=True)
         with self.engine.connect() as conn:
-            parse = _JSONCache(parsed_by_driver=conn.dialect.name == "postgresql")
-            convert = {k: parse.column if k in self._RESULT_JSON else parse.texts
-                       for k in read if k in self._RESULT_JSON or k in self._RESULT_TEXTS}
-            if "role_models" in keys:  # the texts, each held once: role_models parses them
-                convert["roles"] = convert["models"] = parse.texts
-            got = _read_columns(conn, stmt, convert, order=("id",))
-            if per_item:  # once per item, not once per episode: an episode's item columns
-                got |= self._item_columns(conn, got["item_id"], per_item, item_exprs, parse)
-        if one_run:
-            got["run_id"] = [run_ids[0]] * len(got["id"])
-        if "role_models" in keys:
-            got["role_models"] = parse.role_models_of(got["roles"], got["models"])
-            if "roles" in keys:
-                got["roles"] = list(map(parse, got["roles"]))
-        return {k: got[k] for k in keys}
-
-    @staticmethod
-    def _item_columns(conn, item_ids: list, keys: list[str], exprs: dict,
-                      parse: _JSONCache, chunk: int = 500) -> dict[str, list]:
-        """The item columns `keys` of each of `item_ids`, read once per distinct item."""
-        distinct = list(dict.fromkeys(item_ids))
-        cols = [(type_coerce(exprs[k], String) if k in Store._RESULT_JSON else exprs[k]).label(k)
-                for k in keys]
-        found: dict[str, list] = {k: [] for k in ("_id", *keys)}
-        for start in range(0, len(distinct), chunk):  # within any database's bound parameters
-            got = _read_columns(conn, select(items.c.id.label("_id"), *cols).where(
-                items.c.id.in_(distinct[start:start + chunk])),
-                {k: parse.column if k in Store._RESULT_JSON else parse.texts for k in keys})
-            for k, v in got.items():
-                found[k].extend(v)
-        at = dict(zip(found["_id"], range(len(found["_id"])), strict=True))
-        rows = [at[i] for i in item_ids]
-        return {k: [found[k][j] for j in rows] for k in keys}
-
-    # the decision columns the detection reads (see `decision_columns`)
-    DETECTION_KEYS = ("episode_id", "idx", "role", "kind", "name", "parsed", "value",
-                      "scale_lo", "scale_hi", "probabilities")
+            return reads.result_columns(conn, list(run_ids), keys)
 
     def decisions(self, run_ids: list[str], kinds: tuple[str, ...] | None = None) -> list[dict]:
         """Every decision of the given runs' episodes (only these `kinds`: answer, flag,
@@ -328,30 +264,8 @@ class Store:
                          keys: Iterable[str] | None = None) -> dict[str, list]:
         """`decisions()` as columns, key -> one value per decision (by episode, then idx),
         only the given `keys` (all by default; `DETECTION_KEYS` is what detection reads)."""
-        e, d = episodes.c, decisions.c
-        exprs = {c.name: c for c in decisions.columns if c.name != "probabilities"}
-        exprs |= {"probabilities": type_coerce(d.probabilities, String),
-                  "intent": type_coerce(e.intent, String),
-                  "dispositions": type_coerce(e.dispositions, String)}
-        exprs |= {c.name: c for c in (e.run_id, e.protocol, e.variant, e.item_id, e.treatment,
-                                      e.outcome, e.status)}
-        keys = tuple(exprs) if keys is None else tuple(dict.fromkeys(keys))
-        if unknown := [k for k in keys if k not in exprs]:
-            raise ValueError(f"not a key of Store.decisions(): {', '.join(unknown)}")
-        read = (*keys, *(k for k in ("episode_id", "idx") if k not in keys))  # + the order
-        stmt = (select(*(exprs[k].label(k) for k in read)).select_from(decisions)
-                .join(episodes, e.id == d.episode_id).where(e.run_id.in_(run_ids)))
-        if kinds is not None:
-            stmt = stmt.where(d.kind.in_(kinds))
         with self.engine.connect() as conn:
-            parse = _JSONCache(parsed_by_driver=conn.dialect.name == "postgresql")
-            convert = {k: parse.column for k in keys
-                       if k in ("probabilities", "intent", "dispositions")}
-            convert |= {k: parse.texts for k in keys if k in (
-                "role", "kind", "name", "source", "run_id", "protocol", "variant", "item_id",
-                "treatment", "status")}  # few distinct values: each held once
-            got = _read_columns(conn, stmt, convert, order=("episode_id", "idx"))
-        return {k: got[k] for k in keys}
+            return reads.decision_columns(conn, list(run_ids), kinds, keys)
 
     def deciding_role(self, run_id: str) -> str | None:
         """The role that decides most of a run's finished episodes (None without any)."""
