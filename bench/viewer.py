@@ -13,7 +13,9 @@ the median of --repeat views. Printed as ratios to the floors, achieved ÷ floor
   episodes page (first, filtered, deep)    ≤ 300 ms
   episode page                             ≤ 200 ms
 
-Text search (a LIKE over every message of the run) is printed too, with no floor. Not a
+Text search (a LIKE over every message of the run) is printed too, with no floor. Then the
+first view of the run, detection and comparison pages, each on a new app (started: facets
+and spend computed; the report, detection records and comparison not yet), and its second. Not a
 test: nothing here asserts; the load average is printed with the results.
 """
 
@@ -58,6 +60,28 @@ def pages(run_id: str, total: int) -> list[tuple[str, str, str | None]]:
     ]
 
 
+def figure_pages(run_id: str) -> list[tuple[str, str]]:
+    """(label, URL) of the pages whose first view computes the analysis."""
+    a, b = "debate%5Brounds%3D1%5D", "debate%5Brounds%3D2%5D"
+    return [("run page", f"/run?id={run_id}"), ("detection page", f"/detection?run={run_id}"),
+            ("compare page (two variants)", f"/compare?a={run_id}&av={a}&b={run_id}&bv={b}")]
+
+
+def first_views(store, run_id: str) -> None:
+    """Each figure page's first view on a new app (its caches empty), then its second."""
+    from starlette.testclient import TestClient
+
+    from oversight.viewer import create_app
+    print(f"\n{'page (new app each)':58} {'first ms':>9} {'second ms':>10} {'load':>8}")
+    for label, url in figure_pages(run_id):
+        app = create_app(store)
+        app.state.reader.warm()  # what start-up does (facets, spend); not the figures
+        client = TestClient(app)  # no lifespan: nothing else computed behind it
+        first = timed(client, url)
+        second = timed(client, url)
+        print(f"{label:58} {first * 1000:9.0f} {second * 1000:10.0f} {os.getloadavg()[0]:8.2f}")
+
+
 def timed(client, url: str) -> float:
     t0 = time.perf_counter()
     r = client.get(url)
@@ -73,6 +97,8 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--rebuild", action="store_true", help="build the synthetic store anew")
+    parser.add_argument("--figures-only", action="store_true",
+                        help="only the first views of the run, detection and compare pages")
     args = parser.parse_args()
     db = args.db or CACHE / f"bench-viewer-{args.episodes}.db"
     run_id = None if args.rebuild and not args.db else usable(db, args.episodes)
@@ -105,6 +131,9 @@ def main() -> None:
     print(f"store {db} (run {run_id}, {total:,} episodes); load average {load[0]:.2f}")
     print(f"start-up (facets and spend, in the background): {warm * 1000:.0f} ms\n")
     print(f"{'page':58} {'first ms':>9} {'median ms':>10} {'÷ floor':>8}")
+    if args.figures_only:
+        first_views(store, run_id)
+        return store.close()
     with TestClient(app) as client:
         timed(client, "/")  # templates compiled once, as any first visit does
         for label, url, floor in pages(run_id, total):
@@ -114,6 +143,7 @@ def main() -> None:
             ratio = f"{median / FLOORS[floor]:.2f}" + (" ✓" if median <= FLOORS[floor] else " ✗") \
                 if floor else "—"
             print(f"{label:58} {first * 1000:9.0f} {median * 1000:10.0f} {ratio:>8}")
+    first_views(store, run_id)
     store.close()
     print(f"\nload average after: {os.getloadavg()[0]:.2f} (figures above: medians "
           f"of {args.repeat}; floors: episodes page {FLOORS['episodes'] * 1000:.0f} ms, "

@@ -220,3 +220,62 @@ def test_usage_errors_exit_2(tmp_path, hostile):
     assert busy.exit_code == 2 and "cannot listen" in busy.stderr
     unknown = cli("view", "--db", hostile["db"], "--host", "no-such-host.invalid")
     assert unknown.exit_code == 2 and "--host" in unknown.stderr
+
+
+def test_the_figures_are_the_analysis_figures(hostile):
+    store = Store(hostile["db"], readonly=True)
+    try:
+        assert_figures_are_the_analysis_figures(store, hostile)
+    finally:
+        store.close()
+
+
+def assert_figures_are_the_analysis_figures(store, h: dict) -> None:
+    """The columnar reads give the figures the dict rows give: the detection curves and
+    histograms (from the report's own columns, or read again), the comparisons, the plots."""
+    from oversight.analysis.compare import compare_rows, variant_of
+    from oversight.analysis.flagging import detector_records
+    from oversight.analysis.report import build_report
+    from oversight.viewer.figures import Figures, drawable, histograms, roc_curves
+    from oversight.viewer.queries import Reader
+
+    figures = Figures(Reader(store))
+    for run_id in (h["source"], h["monitor"], h["rejudge"]):
+        ids = (run_id,)
+        report = build_report(store, [run_id])
+        assert figures.report(ids) == report
+        old = detector_records(store.results([run_id]),
+                               store.decisions([run_id], kinds=("flag", "score")))
+        expect = (roc_curves(report, old), histograms(report, old))
+        assert figures.detection(ids) == expect
+        again = Figures(figures.reader)
+        again.report(ids)
+        again.reads.clear()  # the report's columns gone: read again
+        assert (roc_curves(report, again.records(ids)),
+                histograms(report, again.records(ids))) == expect
+        found = {(d.variant, d.detector, d.truth): d for d in report.detection}
+        for c in expect[0]:  # as the report's detection section counts them
+            d = found[(c.variant, c.detector, c.truth)]
+            assert (c.auroc, c.n_honest, c.n_attack) == (d.auroc, d.n_honest, d.n_attack)
+        for x in expect[1]:
+            d = found[(x.variant, x.detector, x.truth)]
+            assert (x.n_honest, x.n_attack) == (d.n_honest, d.n_attack)
+            assert sum(b["honest"]["count"] + b["attack"]["count"] for b in x.bars) == \
+                d.n_honest + d.n_attack
+            assert x.missing == d.missing_honest + d.missing_attack + sum(
+                1 for r in old if (r.variant, r.detector.label, r.truth) == (
+                    x.variant, x.detector, x.truth) for s in r.records
+                if s.score is None and s.attack is None)
+        for name in ("accuracy", "reliability"):
+            assert drawable(report, name) == (figures.png(ids, name) is not None)
+    assert figures.detection((h["monitor"],))[0]  # some curve drawn
+
+    def rows(run_id, variant):
+        return [r for r in store.results([run_id]) if variant in (None, variant_of(r))]
+
+    def name(side):
+        return side[0] if side[1] is None else f"{side[0]}:{side[1]}"
+    src = h["source"]
+    for a, b in (((src, None), (h["rejudge"], None)), ((src, None), (h["monitor"], None)),
+                 ((src, "debate"), (src, "consultancy"))):
+        assert figures.comparison(a, b) == compare_rows(rows(*a), rows(*b), name(a), name(b))

@@ -2,7 +2,9 @@
 recomputed here): the report, the paired comparison, the detectors' records; PNG figures
 from oversight/review/plots.py; SVG geometry (numbers only) for ROC curves and histograms.
 
-Each is computed once per state of its runs (`Reader.version`) and kept in memory.
+Each is computed once per state of its runs (`Reader.version`) and kept in memory. The store
+is read as columns (`Store.result_columns`, `Store.decision_columns`), only the keys used:
+the detection records come from the very columns `build_report` read for the report.
 """
 
 from __future__ import annotations
@@ -14,10 +16,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .queries import Reader
 
 PLOT_W, PLOT_H = 320, 240  # SVG drawing area of a ROC curve or a histogram
 MAX_POINTS = 400  # points of a ROC polyline
+# what analysis.compare.compare_rows reads of a `Store.results()` row
+COMPARE_KEYS = ("id", "variant", "protocol", "item_id", "document", "status", "parsed",
+                "chosen", "correct", "source_episode_id")
+EPISODE_KEYS = ("run_id", "variant", "protocol", "status")  # of a decision's episode
 
 
 class Cache:
@@ -48,20 +56,51 @@ class Cache:
             return value
 
 
+class Recorded:
+    """The store as `build_report` reads it, keeping the result and decision columns read."""
+
+    def __init__(self, store):
+        self._store = store
+        self.read_results: dict | None = None
+        self.read_decisions: dict | None = None
+
+    def __getattr__(self, name: str):
+        return getattr(self._store, name)
+
+    def result_columns(self, run_ids, keys=None) -> dict:
+        self.read_results = self._store.result_columns(run_ids, keys)
+        return self.read_results
+
+    def decision_columns(self, run_ids, kinds=None, keys=None) -> dict:
+        self.read_decisions = self._store.decision_columns(run_ids, kinds, keys)
+        return self.read_decisions
+
+
 class Figures:
     def __init__(self, reader: Reader):
         self.reader = reader
         self.store = reader.store
         self.cache = Cache()
+        self.reads: OrderedDict[tuple, Recorded] = OrderedDict()  # the reports' last reads
+        self.lock = threading.Lock()
 
     def _key(self, kind: str, run_ids: tuple[str, ...], *extra) -> tuple:
         return (kind, self.reader.version(run_ids), *extra)
 
     def report(self, run_ids: tuple[str, ...]):
-        """analysis.report.build_report of the runs."""
+        """analysis.report.build_report of the runs (its columns kept for `records`)."""
         from ..analysis.report import build_report
-        return self.cache.get(self._key("report", run_ids),
-                              lambda: build_report(self.store, list(run_ids)))
+        key = self._key("report", run_ids)
+
+        def make():
+            seen = Recorded(self.store)
+            report = build_report(seen, list(run_ids))
+            with self.lock:
+                self.reads[key[1:]] = seen
+                while len(self.reads) > 2:
+                    self.reads.popitem(last=False)
+            return report
+        return self.cache.get(key, make)
 
     def png(self, run_ids: tuple[str, ...], name: str) -> bytes | None:
         """review/plots.py's accuracy or reliability figure of the runs' report, as PNG."""
@@ -74,31 +113,78 @@ class Figures:
         return self.cache.get(self._key("png", run_ids, name), make)
 
     def records(self, run_ids: tuple[str, ...]) -> list:
-        """analysis.flagging.detector_records of the runs (the records AUROC is computed from)."""
-        from ..analysis.flagging import detector_records
+        """The detector record sets of the runs (analysis.flagging's, that AUROC is computed
+        from), as columns: from the columns the report read, else read again."""
+        from ..analysis.base import Columns
+        from ..analysis.flagging import DETECTOR_KINDS, RESULT_KEYS, TRUTHS, _sets
+        key = self._key("records", run_ids)
 
         def make() -> list:
-            return detector_records(self.store.results(list(run_ids)),
-                                    self.store.decisions(list(run_ids), kinds=("flag", "score")))
-        return self.cache.get(self._key("records", run_ids), make)
+            self.report(run_ids)
+            with self.lock:
+                seen = self.reads.pop(key[1:], None)
+            if seen is None or seen.read_results is None or seen.read_decisions is None:
+                seen = Recorded(self.store)
+                seen.result_columns(list(run_ids), RESULT_KEYS)
+                seen.decision_columns(list(run_ids), DETECTOR_KINDS,
+                                      self.store.DETECTION_KEYS + EPISODE_KEYS)
+            res, dec = seen.read_results, seen.read_decisions
+            if not all(k in dec for k in EPISODE_KEYS):  # build_report joined them: else read
+                dec = self.store.decision_columns(list(run_ids), DETECTOR_KINDS,
+                                                  self.store.DETECTION_KEYS + EPISODE_KEYS)
+            return _sets(Columns(res, len(res["id"])), Columns(dec, len(dec["episode_id"])),
+                         TRUTHS)
+        return self.cache.get(key, make)
 
-    def results(self, run_id: str) -> list[dict]:
+    def detection(self, run_ids: tuple[str, ...]) -> tuple[list, list]:
+        """The ROC curves and the histograms of the runs' detectors."""
+        def make() -> tuple[list, list]:
+            report = self.report(run_ids)
+            records = self.records(run_ids) if report.detection else []
+            return roc_curves(report, records), histograms(report, records)
+        return self.cache.get(self._key("detection", run_ids), make)
+
+    def results(self, run_id: str) -> dict[str, list]:
+        """A run's results as columns, the keys `comparison` reads."""
         return self.cache.get(self._key("results", (run_id,)),
-                              lambda: self.store.results([run_id]))
+                              lambda: self.store.result_columns([run_id], COMPARE_KEYS))
 
     def comparison(self, a: tuple[str, str | None], b: tuple[str, str | None]):
         """analysis.compare.compare_rows of two sides (run id, variant or None)."""
-        from ..analysis.compare import compare_rows, variant_of
+        from ..analysis.compare import compare_rows
 
         def rows(run_id: str, variant: str | None) -> list[dict]:
+            """The side's rows: of its variant (variant_of: the variant, else the protocol)."""
             got = self.results(run_id)
-            return [r for r in got if variant is None or variant_of(r) == variant]
+            at = range(len(got["id"])) if variant is None else [
+                i for i, (v, p) in enumerate(zip(got["variant"], got["protocol"], strict=True))
+                if (v or p) == variant]
+            cols = list(got.values())
+            return [dict(zip(got, [c[i] for c in cols], strict=True)) for i in at]
 
         def name(side: tuple[str, str | None]) -> str:
             return side[0] if side[1] is None else f"{side[0]}:{side[1]}"
 
         key = ("compare", self.reader.version((a[0], b[0])), a, b)
         return self.cache.get(key, lambda: compare_rows(rows(*a), rows(*b), name(a), name(b)))
+
+
+def drawable(report, name: str) -> bool:
+    """Whether review/plots.py draws the figure `name` of this report (it draws nothing when
+    no variant has an answer to show, or, reliability, when none has probabilities)."""
+    if name == "accuracy":
+        return any(a.parsed or a.unparsed or a.no_gold for a in report.accuracy)
+    return bool(report.calibration)
+
+
+def _scored(rec) -> tuple[np.ndarray, np.ndarray]:
+    """Each record's score (NaN: none) and attack (1, 0, −1 unknown): from a record set's
+    `Records` columns, or from its `Scored` tuples (flagging.detector_records)."""
+    r = rec.records
+    if isinstance(r, tuple):
+        return (np.array([np.nan if x.score is None else x.score for x in r], dtype=float),
+                np.array([-1 if x.attack is None else int(x.attack) for x in r], dtype=np.int8))
+    return r.score, r.attack
 
 
 @dataclass
@@ -121,12 +207,13 @@ def roc_curves(report, records) -> list[Curve]:
     found = {(d.run_id, d.variant, d.detector, d.truth): d for d in report.detection}
     out = []
     for rec in records:
-        kept = [(x.score, x.attack) for x in rec.records
-                if x.score is not None and x.attack is not None]
-        n_attack = sum(1 for _, a in kept if a)
-        if not kept or n_attack in (0, len(kept)):
+        score, attack = _scored(rec)
+        kept = ~np.isnan(score) & (attack >= 0)
+        scores, attacks = score[kept].tolist(), (attack[kept] == 1).tolist()
+        n_attack = sum(attacks)
+        if not scores or n_attack in (0, len(scores)):
             continue
-        fpr, tpr = roc_points(*zip(*kept, strict=True))
+        fpr, tpr = roc_points(scores, attacks)
         step = max(1, len(fpr) // MAX_POINTS)
         idx = list(range(0, len(fpr), step)) + ([len(fpr) - 1] if (len(fpr) - 1) % step else [])
         pts = " ".join(f"{fpr[i] * PLOT_W:.1f},{(1 - tpr[i]) * PLOT_H:.1f}" for i in idx)
@@ -139,7 +226,7 @@ def roc_curves(report, records) -> list[Curve]:
                           "budget": b.budget, "threshold": b.threshold, "tpr": b.tpr,
                           "fpr": b.fpr})
         out.append(Curve(rec.variant, rec.detector.label, rec.truth, pts,
-                         det.auroc if det else None, marks, len(kept) - n_attack, n_attack))
+                         det.auroc if det else None, marks, len(scores) - n_attack, n_attack))
     return out
 
 
@@ -165,8 +252,10 @@ def histograms(report, records, bins: int = 20) -> list[Histogram]:
     found = {(d.run_id, d.variant, d.detector, d.truth): d for d in report.detection}
     out = []
     for rec in records:
-        scored = [(x.score, x.attack) for x in rec.records if x.score is not None]
-        known = [(s, a) for s, a in scored if a is not None]
+        score, attack = _scored(rec)
+        scored = ~np.isnan(score)
+        kept = scored & (attack >= 0)
+        known = list(zip(score[kept].tolist(), (attack[kept] == 1).tolist(), strict=True))
         if not known:
             continue
         det = found.get((rec.run_id, rec.variant, rec.detector.label, rec.truth))
@@ -197,5 +286,5 @@ def histograms(report, records, bins: int = 20) -> list[Histogram]:
         n_attack = sum(1 for _, a in known if a)
         out.append(Histogram(rec.variant, rec.detector.label, rec.truth, lo, hi, bars,
                              thresholds, len(known) - n_attack, n_attack,
-                             len(rec.records) - len(scored)))
+                             int(score.size - np.count_nonzero(scored))))
     return out

@@ -9,7 +9,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .figures import PLOT_H, PLOT_W, histograms, roc_curves
+from .figures import PLOT_H, PLOT_W, drawable
 from .filters import PAGE_SIZES, EpisodeFilter
 from .transcript import locate, message_segments
 
@@ -59,7 +59,7 @@ def run_page(request: Request) -> Response:
     return _render(request, "run.html", run=run, listed=listed, report=report,
                    rejudges=rejudged_run(run), others=others,
                    plots=[name for name in ("accuracy", "reliability")
-                          if figures.png((run["id"],), name) is not None])
+                          if drawable(report, name)])  # drawn when the browser asks
 
 
 def plot_png(request: Request) -> Response:
@@ -175,10 +175,9 @@ def detection_page(request: Request) -> Response:
     run = _run_or_404(request, request.query_params.get("run"))
     figures = _figures(request)
     report = figures.report((run["id"],))
-    records = figures.records((run["id"],)) if report.detection else []
-    return _render(request, "detection.html", run=run, report=report,
-                   curves=roc_curves(report, records), histograms=histograms(report, records),
-                   W=PLOT_W, H=PLOT_H)
+    curves, hists = figures.detection((run["id"],))
+    return _render(request, "detection.html", run=run, report=report, curves=curves,
+                   histograms=hists, W=PLOT_W, H=PLOT_H)
 
 
 # -- errors ------------------------------------------------------------------------------

@@ -223,7 +223,10 @@ class Reader:
                "duration": e.duration_s}[f.sort]
         if f.sort == "id":
             return [e.id.desc() if f.desc else e.id]
-        return [col.desc() if f.desc else col, e.id.desc() if f.desc else e.id]
+        by = col.desc() if f.desc else col.asc()
+        if not self.sqlite:  # NULL sorts as the smallest value, as SQLite has it
+            by = by.nulls_last() if f.desc else by.nulls_first()
+        return [by, e.id.desc() if f.desc else e.id]
 
     def episodes_page(self, f: EpisodeFilter, facets: Facets) -> Page:
         """One page of episodes (the filter's sort, LIMIT/OFFSET), each with its item's
