@@ -22,3 +22,19 @@ def quiet_gc():
     finally:
         gc.set_threshold(*threshold)
         gc.unfreeze()
+
+
+@contextlib.contextmanager
+def paused_gc():
+    """No cyclic collection for the duration, then freeze what exists: for start-up imports,
+    which make long-lived objects and next to no garbage, yet trigger full passes over them
+    (~15% of `import openai`). The freeze spares the next collections that walk; quiet_gc
+    unfreezes at the batch's end (bench/RESULTS.md, session 5b)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if was:
+            gc.enable()

@@ -77,6 +77,34 @@ def test_fresh_database_is_fully_migrated(tmp_path):
         store.close()
 
 
+def test_a_fresh_store_made_in_one_step_has_the_schema_of_the_step_by_step_path(tmp_path):
+    """migrate() on a new database: today's tables once and every migration stamped in one
+    statement; the schema is the one the former loop (tables, then a stamp, per migration)
+    made, statement for statement."""
+    Store(tmp_path / "one.db").close()
+    steps = tmp_path / "steps.db"
+    con = sqlite3.connect(steps)
+    con.execute("CREATE TABLE schema_migrations (name VARCHAR PRIMARY KEY, applied_at VARCHAR NOT NULL)")
+    con.close()
+    from sqlalchemy import create_engine
+    engine = create_engine(f"sqlite:///{steps}")
+    with engine.begin() as conn:
+        for m in MIGRATIONS:
+            metadata.create_all(conn)
+            conn.execute(text("INSERT INTO schema_migrations VALUES (:n, 'now')"), {"n": m.__name__})
+    engine.dispose()
+    schema = "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
+    assert rows(tmp_path / "one.db", schema) == rows(steps, schema)
+    ledger = "SELECT name FROM schema_migrations ORDER BY name"
+    assert rows(tmp_path / "one.db", ledger) == rows(steps, ledger)
+    store = Store(tmp_path / "one.db")
+    try:
+        with store.engine.begin() as conn:  # nothing left to apply
+            assert migrate(conn) == []
+    finally:
+        store.close()
+
+
 def test_a_sqlite_url_and_a_path_name_the_same_store_read_only_too(tmp_path):
     db = tmp_path / "url.db"
     writer = Store(db)

@@ -14,8 +14,6 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from rapidfuzz import fuzz
-
 NEAR_MISS = 85.0  # partial_ratio score at or above which an unverified quote is a near-miss
 
 # Any tag an agent might write to pass as verified: <quote>, <v_quote>, <u_quote>, with spaces,
@@ -57,6 +55,7 @@ def check(span: str, context_norm: str) -> tuple[str, float]:
         return "unverified", 0.0
     if needle in context_norm:
         return "verified", 100.0
+    from rapidfuzz import fuzz  # only for a near miss: not imported before the first call
     score = fuzz.partial_ratio(needle, context_norm)
     return ("near_miss" if score >= NEAR_MISS else "unverified"), round(score, 1)
 

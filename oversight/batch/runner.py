@@ -27,7 +27,7 @@ from ..models import Budget, BudgetExhausted, CallRecord, Model, ModelResponse
 from ..models.totals import Totals
 from ..store import JSONText, Store, Writer, decisions, messages, model_calls, safe_url, utcnow
 from ..store.writer import GIVE_UP_AFTER, write_failure
-from ..tuning import quiet_gc
+from ..tuning import paused_gc, quiet_gc
 from .cache import StoreCache
 from .spec import EpisodePlan, LoadedSpec
 from .workers import LEASE_SECONDS, Claims, dead_workers, wait_poll, worker_id
@@ -201,8 +201,10 @@ async def _run_batch(loaded: LoadedSpec, store: Store, prompts: PromptLibrary, *
     writer = store.writer(owner, lease_seconds)
     needed = {alias for plan, _ in pending for alias in plan.roles.values()}
     cache = StoreCache(store, writer, sorted({loaded.models[a].model for a in needed})) if use_cache else None
-    models = models or {alias: Model(alias, loaded.models[alias], cache=cache, budget=budget,
-                                     journal=store.batch_journal(run_id)) for alias in needed}
+    if not models:
+        with paused_gc():  # a Model imports its provider's SDK (~1 s for openai's)
+            models = {alias: Model(alias, loaded.models[alias], cache=cache, budget=budget,
+                                   journal=store.batch_journal(run_id)) for alias in needed}
     store.set_run_status(run_id, "running")
     # The episodes to run, in plan order, as ids: no other per-episode state is held for
     # them until they start, and none after they are written (memory flat in the run's size).

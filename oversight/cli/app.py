@@ -94,13 +94,15 @@ def run(spec: Annotated[Path, typer.Argument(metavar="SPEC.toml", help="The batc
         budget_tokens: Annotated[int | None, typer.Option(min=0, metavar="N", help="Override [budget] tokens")] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display")] = False) -> None:
     """Run a batch spec; re-running the same spec resumes it (finished episodes are skipped)."""
-    from ..batch.preflight import preflight
-    from ..batch.spec import load_spec
     from ..errors import OversightError
+    from ..tuning import paused_gc
 
     if limit is not None and limit < 1:
         raise _fail(f"--limit: expected a number of items of at least 1, got {limit}")
-    registry, library = _plugins(protocols, prompts)
+    with paused_gc():  # start-up imports (and the protocol modules)
+        from ..batch.preflight import preflight
+        from ..batch.spec import load_spec
+        registry, library = _plugins(protocols, prompts)
     try:
         # every check before any call or db write; the run's id covers its code and templates
         loaded = load_spec(spec, registry, limit=limit, prompts=library)
@@ -172,12 +174,14 @@ def _execute(loaded, library, db, *, retry_failed: bool, no_cache: bool,
 
     from rich.markup import escape
 
-    from ..batch.runner import run_batch
-    from ..batch.workers import LEASE_SECONDS
-    from ..errors import OversightError, StoreError
-    from ..models import Budget
-    from ..store import safe_url
-    from .interrupts import run_until_signal
+    from ..tuning import paused_gc
+    with paused_gc():  # start-up imports (the SDKs: in run_batch, when models are made)
+        from ..batch.runner import run_batch
+        from ..batch.workers import LEASE_SECONDS
+        from ..errors import OversightError, StoreError
+        from ..models import Budget
+        from ..store import safe_url
+        from .interrupts import run_until_signal
     budget = None
     if budget_usd is not None or budget_tokens is not None or loaded.spec.budget.usd or loaded.spec.budget.tokens:
         budget = Budget(budget_usd if budget_usd is not None else loaded.spec.budget.usd,

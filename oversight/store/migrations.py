@@ -207,17 +207,20 @@ def migrate(conn: Connection, migrations: list[Migration] | None = None) -> list
     conn.execute(text(f"CREATE TABLE IF NOT EXISTS {_LEDGER} "
                       "(name VARCHAR PRIMARY KEY, applied_at VARCHAR NOT NULL)"))
     done = {row[0] for row in conn.execute(text(f"SELECT name FROM {_LEDGER}"))}
-    fresh = not done and not inspect(conn).has_table("runs")
+    stamp = text(f"INSERT INTO {_LEDGER} (name, applied_at) VALUES (:n, :t)")
+    if not done and not inspect(conn).has_table("runs"):
+        # A new database gets today's tables in one go; every migration is only stamped.
+        ran = [m.__name__ for m in migrations]
+        if ran:
+            metadata.create_all(conn)
+            now = utcnow()
+            conn.execute(stamp, [{"n": name, "t": now} for name in ran])
+        return ran
     ran = []
     for migration in migrations:
         if migration.__name__ in done:
             continue
-        if fresh:
-            # A new database gets today's tables in one go; each migration is only stamped.
-            metadata.create_all(conn)
-        else:
-            migration(conn)
-        conn.execute(text(f"INSERT INTO {_LEDGER} (name, applied_at) VALUES (:n, :t)"),
-                     {"n": migration.__name__, "t": utcnow()})
+        migration(conn)
+        conn.execute(stamp, {"n": migration.__name__, "t": utcnow()})
         ran.append(migration.__name__)
     return ran
