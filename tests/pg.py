@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from debian import PackageMissing, ensure
+
 SUPERUSER = "postgres"  # the cluster's superuser; local connections are trusted
 TIMEOUT = 120.0
 
@@ -51,26 +53,11 @@ def find_bindir() -> Path | None:
 
 def ensure_bindir() -> Path:
     """The server binaries, installed with apt-get when missing and running as root."""
-    if (found := find_bindir()) is not None:
-        return found
-    if os.geteuid() != 0:
-        raise PostgresUnavailable(
-            "the PostgreSQL tests need a real server and found no initdb/pg_ctl (looked in "
-            "/usr/lib/postgresql/*/bin and PATH); install Debian's `postgresql` package "
-            "(apt-get install postgresql), or run the tests as root to have them install it")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "postgresql"]
-    tried = []
-    for steps in ([install], [["apt-get", "update", "-q"], install]):  # stale lists: update
-        for step in steps:
-            done = subprocess.run(step, env=env, capture_output=True, text=True, timeout=900)
-            tried.append(f"$ {' '.join(step)} -> exit {done.returncode}\n{done.stderr[-1500:]}")
-            if done.returncode != 0:
-                break
-        if (found := find_bindir()) is not None:
-            return found
-    raise PostgresUnavailable("the PostgreSQL tests need a real server; installing Debian's "
-                              "`postgresql` package failed:\n" + "\n".join(tried))
+    try:
+        return ensure("postgresql", find_bindir, "the PostgreSQL tests need a real server "
+                      "(initdb and pg_ctl, looked for in /usr/lib/postgresql/*/bin and PATH)")
+    except PackageMissing as exc:
+        raise PostgresUnavailable(str(exc)) from None
 
 
 class PostgresServer:

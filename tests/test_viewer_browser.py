@@ -7,6 +7,7 @@ each page go to test-artifacts/screenshots/."""
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from debian import ensure
 from viewer_store import FORGED, LOOKALIKE, REAL_QUOTE, SCRIPT, STORE_FORGED, build
 
 pytestmark = pytest.mark.slow
@@ -65,7 +67,9 @@ def browser(server):
     event loop running in this thread, and the runner that builds the store needs its own)."""
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        chromium = ensure("chromium", lambda: Path(CHROMIUM) if os.access(CHROMIUM, os.X_OK)
+                          else None, "the viewer's browser tests drive Debian's Chromium")
+        b = p.chromium.launch(executable_path=str(chromium), args=FLAGS)
         yield b
         b.close()
 
