@@ -94,6 +94,27 @@ def test_plans_share_equal_settings_but_keep_their_own_values(tmp_path):
         assert p.assignment.label in ("a_correct", "b_correct")
 
 
+def test_a_running_episode_gets_its_own_dispositions_not_the_shared_map(tmp_path, monkeypatch):
+    """Plans share equal disposition maps; protocol code that changes its episode's must not
+    change another episode's."""
+    seen = []
+
+    class Recording(runner.Episode):
+        def __init__(self, *args, dispositions, **kw):
+            seen.append(dispositions)
+            dispositions["judge"] = "sycophant"  # as a protocol might
+            super().__init__(*args, dispositions=dispositions, **kw)
+
+    monkeypatch.setattr(runner, "Episode", Recording)
+    spec = write_spec(tmp_path / "s.toml", datasets=[items(tmp_path, 4)],
+                      models={"m": mock()}, protocols=[direct()])
+    res = run(spec, tmp_path / "db.sqlite")
+    assert res.summary.counts == {"done": 4} and len(seen) == 4
+    assert len({id(d) for d in seen}) == 4
+    stored = rows(tmp_path / "db.sqlite", "SELECT dispositions FROM episodes")
+    assert all("sycophant" not in r["dispositions"] for r in stored)
+
+
 def test_the_cache_still_finds_a_key_it_stored_after_the_flush(tmp_path):
     store = Store(tmp_path / "db.sqlite")
     writer = store.writer()

@@ -419,7 +419,8 @@ async def run_episode(plan: EpisodePlan, ep_id: int, prompts: PromptLibrary,
     recorder = StoreRecorder(writer, ep_id, progress, summary)
     ep = Episode(item=item, protocol=plan.protocol, params=plan.params,
                  models={r: models[a] for r, a in plan.roles.items()},
-                 assignment=dict(plan.assignment.answers), dispositions=plan.dispositions,
+                 assignment=dict(plan.assignment.answers),
+                 dispositions=dict(plan.dispositions),  # its own: plans share theirs
                  prompts=prompts, recorder=recorder, source=plan.source)
     t0 = time.perf_counter()
 
