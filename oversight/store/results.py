@@ -88,26 +88,6 @@ def result_columns(conn, run_ids: list[str], keys: Iterable[str] | None = None) 
     return {k: got[k] for k in keys}
 
 
-def _decision_rows(conn, run_ids: list[str], kinds: tuple[str, ...] | None,
-                   keys: Iterable[str], parse: _JSONCache) -> dict[str, list]:
-    """The `keys` (decisions columns, and the episode columns of `DECISION_EPISODE_KEYS`) of
-    the runs' decisions of these `kinds` (all when None), by episode, then idx."""
-    e, d = episodes.c, decisions.c
-    keys = tuple(dict.fromkeys(keys))
-    read = (*keys, *(k for k in ("episode_id", "idx") if k not in keys))  # + the order
-    exprs = {k: getattr(e, k) if k in DECISION_EPISODE_KEYS else getattr(d, k) for k in read}
-    stmt = (select(*((type_coerce(exprs[k], String) if k in _DECISION_JSON else exprs[k])
-                     .label(k) for k in read))
-            .select_from(decisions).join(episodes, e.id == d.episode_id)
-            .where(e.run_id.in_(run_ids)))
-    if kinds is not None:
-        stmt = stmt.where(d.kind.in_(kinds))
-    convert = {k: parse.column for k in keys if k in _DECISION_JSON}
-    convert |= {k: parse.texts for k in keys if k in _DECISION_TEXTS}
-    got = _read_columns(conn, stmt, convert, order=("episode_id", "idx"))
-    return {k: got[k] for k in keys}
-
-
 def _item_columns(conn, item_ids: list, keys: list[str], parse: _JSONCache,
                   chunk: int = 500) -> dict[str, list]:
     """The item columns `keys` of each of `item_ids`, read once per distinct item."""
@@ -128,9 +108,23 @@ def _item_columns(conn, item_ids: list, keys: list[str], parse: _JSONCache,
 
 def decision_columns(conn, run_ids: list[str], kinds: tuple[str, ...] | None = None,
                      keys: Iterable[str] | None = None) -> dict[str, list]:
-    """`Store.decisions()` as columns (see `Store.decision_columns`)."""
+    """`Store.decisions()` as columns (see `Store.decision_columns`): the `keys` (decisions
+    columns, and the episode columns of `DECISION_EPISODE_KEYS`) of the runs' decisions of
+    these `kinds` (all when None), by episode, then idx."""
     keys = DECISION_KEYS if keys is None else tuple(dict.fromkeys(keys))
     if unknown := [k for k in keys if k not in DECISION_KEYS]:
         raise ValueError(f"not a key of Store.decisions(): {', '.join(unknown)}")
+    e, d = episodes.c, decisions.c
+    read = (*keys, *(k for k in ("episode_id", "idx") if k not in keys))  # + the order
+    exprs = {k: getattr(e, k) if k in DECISION_EPISODE_KEYS else getattr(d, k) for k in read}
+    stmt = (select(*((type_coerce(exprs[k], String) if k in _DECISION_JSON else exprs[k])
+                     .label(k) for k in read))
+            .select_from(decisions).join(episodes, e.id == d.episode_id)
+            .where(e.run_id.in_(run_ids)))
+    if kinds is not None:
+        stmt = stmt.where(d.kind.in_(kinds))
     parse = _JSONCache(parsed_by_driver=conn.dialect.name == "postgresql")
-    return _decision_rows(conn, run_ids, kinds, keys, parse)
+    convert = {k: parse.column for k in keys if k in _DECISION_JSON}
+    convert |= {k: parse.texts for k in keys if k in _DECISION_TEXTS}
+    got = _read_columns(conn, stmt, convert, order=("episode_id", "idx"))
+    return {k: got[k] for k in keys}
