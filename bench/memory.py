@@ -15,7 +15,6 @@ Not a test: nothing asserts. The load average is printed with the results.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -24,6 +23,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import write_items  # noqa: E402
 
 FLOOR_MB = 300.0  # at 100,000 episodes
 
@@ -42,13 +44,6 @@ concurrency = {c}
 [[protocols]]
 name = "direct"
 '''
-
-
-def write_items(folder: Path, n: int) -> None:
-    with open(folder / "items.jsonl", "w") as fh:
-        for i in range(n):
-            fh.write(json.dumps({"id": f"q{i}", "question": f"Is {i} an even number?",
-                                 "choices": ["Yes", "No"], "answer_index": i % 2}) + "\n")
 
 
 def run_once(n: int, concurrency: int, env: dict) -> dict:

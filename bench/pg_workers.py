@@ -26,7 +26,6 @@ Not a test: nothing asserts.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -38,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 from pg import PostgresServer, ensure_bindir  # noqa: E402  (tests/pg.py)
-from throughput import Server, raise_open_files  # noqa: E402
+from throughput import Server, raise_open_files, write_items  # noqa: E402
 
 FLOOR = 1.8
 
@@ -56,13 +55,6 @@ concurrency = {c}
 [[protocols]]
 name = "direct"
 '''
-
-
-def write_items(folder: Path, n: int) -> None:
-    with open(folder / "items.jsonl", "w") as fh:
-        for i in range(n):
-            fh.write(json.dumps({"id": f"q{i}", "question": f"Is {i} an even number?",
-                                 "choices": ["Yes", "No"], "answer_index": i % 2}) + "\n")
 
 
 def postgres_cpu(pg: PostgresServer) -> float:

@@ -329,18 +329,7 @@ class Reader:
         a, b = side(*side_a), side(*side_b)
         joined = select(a.c.item_id, a.c.ep.label("a"), b.c.ep.label("b")).join(
             b, b.c.item_id == a.c.item_id)
-        with self.engine.connect() as conn:
-            total = conn.execute(select(func.count()).select_from(joined.subquery())).scalar_one()
-            rows = [dict(r) for r in conn.execute(
-                joined.order_by(a.c.item_id).limit(limit).offset(offset)).mappings()]
-            ids = [r["a"] for r in rows] + [r["b"] for r in rows]
-            made = self._decisions_of(conn, ids)
-            decides = dict(conn.execute(select(e.id, e.decides).where(e.id.in_(ids))).all()) \
-                if ids else {}
-        for r in rows:
-            r["answer_a"] = summarise(made.get(r["a"], []), decides.get(r["a"]))
-            r["answer_b"] = summarise(made.get(r["b"], []), decides.get(r["b"]))
-        return rows, total
+        return self._paged_pairs(joined, a.c.item_id, limit, offset)
 
     def rejudged_pairs(self, rejudge_run: str, limit: int, offset: int) -> tuple[list[dict], int]:
         """A re-judging's episodes next to the episodes they judged again, a page of them."""
@@ -348,10 +337,16 @@ class Reader:
         src = episodes.alias("src")
         stmt = (select(e.id.label("b"), src.c.id.label("a"), src.c.item_id)
                 .join(src, src.c.id == e.source_episode_id).where(e.run_id == rejudge_run))
+        return self._paged_pairs(stmt, e.id, limit, offset)
+
+    def _paged_pairs(self, pairs, order_by, limit: int, offset: int) -> tuple[list[dict], int]:
+        """A page of `pairs` (rows with episode ids "a" and "b"), each with both episodes'
+        final answers, and how many pairs there are in all."""
+        e = episodes.c
         with self.engine.connect() as conn:
-            total = conn.execute(select(func.count()).select_from(stmt.subquery())).scalar_one()
+            total = conn.execute(select(func.count()).select_from(pairs.subquery())).scalar_one()
             rows = [dict(r) for r in conn.execute(
-                stmt.order_by(e.id).limit(limit).offset(offset)).mappings()]
+                pairs.order_by(order_by).limit(limit).offset(offset)).mappings()]
             ids = [r["a"] for r in rows] + [r["b"] for r in rows]
             made = self._decisions_of(conn, ids)
             decides = dict(conn.execute(select(e.id, e.decides).where(e.id.in_(ids))).all()) \
