@@ -1,9 +1,17 @@
-"""Process tuning shared by the batch runner and the exports."""
+"""Process tuning shared by the batch runner, the report and the exports."""
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import os
+import pickle
+import signal
+import threading
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -25,16 +33,82 @@ def quiet_gc():
 
 
 @contextlib.contextmanager
-def paused_gc():
-    """No cyclic collection for the duration, then freeze what exists: for start-up imports,
-    which make long-lived objects and next to no garbage, yet trigger full passes over them
-    (~15% of `import openai`). The freeze spares the next collections that walk; quiet_gc
-    unfreezes at the batch's end (bench/RESULTS.md, session 5b)."""
+def paused_gc(freeze: bool = True):
+    """No cyclic collection for the duration, then (`freeze`) freeze what exists: for start-up
+    imports, which make long-lived objects and next to no garbage, yet trigger full passes over
+    them (~15% of `import openai`). The freeze spares the next collections that walk; quiet_gc
+    unfreezes at the batch's end (bench/RESULTS.md, session 5b). Without `freeze`: for work
+    that builds many objects and no cycles (a report's columns: ~12% of its CPU otherwise)."""
     was = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
-        gc.freeze()
+        if freeze:
+            gc.freeze()
         if was:
             gc.enable()
+
+
+class InChild(Generic[T]):
+    """`work()` started in a forked child process, its result pickled back through a pipe:
+    for independent CPU-bound parts of one command on a machine with a second core (the
+    report's detection next to its other sections). `result()` waits for it.
+
+    The child is not used where a fork is not safe or not there: no `os.fork`, or other
+    threads running (a fork copies one thread, with whatever locks the others held). Then, and
+    whenever the child fails (an exception, a signal, a result that does not unpickle),
+    `result()` runs `work()` in this process: the figures and the errors are the same as
+    without a child. `work` must not use this process's connections (open its own). The child
+    leaves by `os._exit`: no atexit handlers, no flush of this process's buffers."""
+
+    def __init__(self, work: Callable[[], T], *, fork: bool = True):
+        self.work = work
+        self.pid: int | None = None
+        if not (fork and hasattr(os, "fork") and threading.active_count() == 1):
+            return
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            os.close(read_fd)
+            status = 1
+            try:
+                data = pickle.dumps(work(), protocol=pickle.HIGHEST_PROTOCOL)
+                with os.fdopen(write_fd, "wb") as pipe:
+                    pipe.write(data)
+                status = 0
+            except BaseException:  # noqa: BLE001 - the parent does the work again and raises
+                pass
+            finally:
+                os._exit(status)
+        os.close(write_fd)
+        self.pid, self._pipe = pid, os.fdopen(read_fd, "rb")
+
+    def result(self) -> T:
+        """The child's result, or `work()` done here (see the class)."""
+        if self.pid is None:
+            return self.work()
+        try:
+            data = self._pipe.read()
+        finally:
+            self._reap()
+        if self._status == 0 and data:
+            try:
+                return pickle.loads(data)
+            except Exception:  # noqa: BLE001 - done again here
+                pass
+        return self.work()
+
+    def cancel(self) -> None:
+        """Stop the child if it still runs (when its result will not be asked for)."""
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._reap()
+
+    def _reap(self) -> None:
+        pid, self.pid = self.pid, None
+        self._pipe.close()
+        self._status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])

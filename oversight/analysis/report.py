@@ -15,11 +15,13 @@ budget says `audits_all: true`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
 
+from ..tuning import InChild, paused_gc
 from .base import Columns, factorize, group_rows, identity_codes
 from .base import Frozen as _Model
 from .calibration import Calibration, _calibration
@@ -27,6 +29,7 @@ from .flagging import (
     DEFAULT_BUDGETS,
     DETECTOR_KINDS,
     LEVEL,
+    RESULT_KEYS as FLAGGING_RESULT_KEYS,
     TRUTHS,
     Detection,
     _detection,
@@ -349,12 +352,15 @@ RESULT_KEYS = ("id", "run_id", "protocol", "variant", "item_id", "assignment", "
                "correct", "role_models")
 
 
-def _report(runs: Iterable[dict], cols: Columns, decisions: Columns, *,
+def _report(runs: Iterable[dict], cols: Columns, decisions: Columns | None, *,
             budgets: Sequence[float] = DEFAULT_BUDGETS, seed: int = 0,
             n_resamples: int = 10_000, n_tasks: int | None = None,
             attack_rate: float | None = None, where: dict[str, Any] | None = None,
-            sources: dict[str, list[dict]] | None = None) -> Report:
-    """`report_from_rows` on columns: the rows already filtered by `where`."""
+            sources: dict[str, list[dict]] | None = None,
+            detection: Callable[[], list[Detection]] | None = None) -> Report:
+    """`report_from_rows` on columns: the rows already filtered by `where`; the detection
+    section is computed from `decisions` unless a `detection()` gives it (asked for last, so
+    that a child process computing it has the most time)."""
     budgets = check_budgets(budgets)
     for derive in (cols.state, cols.answered, cols.clusters, cols.cluster_keys,
                    lambda: cols.codes("status"), lambda: _item_codes(cols)):
@@ -376,12 +382,13 @@ def _report(runs: Iterable[dict], cols: Columns, decisions: Columns, *,
     debaters = [d for run_id, at in cols.groups(by_run=True).items()
                 if (d := _debaters(run_id, cols.take(at), n_resamples, seed)) is not None]
     judges = _judges(cols, sources or {}, n_resamples, seed)
-    det = _detection(cols, decisions, budgets, seed=seed, n_resamples=n_resamples,
-                     n_tasks=n_tasks, attack_rate=attack_rate)
     infos = [RunInfo(id=r["id"], name=r["name"], status=r["status"], spec_path=r.get("spec_path"),
                      created_at=r["created_at"], updated_at=r["updated_at"],
                      package_version=r["package_version"], rejudges=rejudged_run(r))
              for r in runs]
+    det = detection() if detection is not None else _detection(
+        cols, decisions, budgets, seed=seed, n_resamples=n_resamples, n_tasks=n_tasks,
+        attack_rate=attack_rate)
     return Report(runs=infos, accuracy=acc, calibration=cal, position=pos, debaters=debaters,
                   judges=judges, usage=usage, detection=det, settings=Settings(
         level=LEVEL, ci="accuracy: Wilson at the effective size over documents (else items); "
@@ -401,37 +408,80 @@ def build_report(store, run_ids: Sequence[str], **options: Any) -> Report:
     """The report of the given runs of `store` (see `report_from_rows` for the options).
 
     Reads the store as columns (`Store.result_columns`, `Store.decision_columns`): only what
-    the report reads, no dict per episode; the figures are `report_from_rows`'s."""
+    the report reads, no dict per episode; the figures are `report_from_rows`'s. Over a large
+    run (`CHILD_FROM` episodes) the detection section is computed in a forked child process
+    with its own connection while this one reads and computes the rest (`tuning.InChild`)."""
     run_ids = list(run_ids)
     check_budgets(options.get("budgets", DEFAULT_BUDGETS))  # refused before the store is read
-    runs = [store.run(r) for r in run_ids]
-    sources = {}
-    for run in runs:
-        if (src := rejudged_run(run)) is not None and src not in sources:
-            sources[src] = store.results([src])
-    where = options.get("where")
-    got = store.result_columns(run_ids, RESULT_KEYS + (("params",) if where else ()))
+    with paused_gc(freeze=False):  # many objects, no cycles: collections only cost here
+        runs = [store.run(r) for r in run_ids]
+        sources = {}
+        for run in runs:
+            if (src := rejudged_run(run)) is not None and src not in sources:
+                sources[src] = store.results([src])
+        where = options.get("where")
+        child = None
+        if store.reopenable and store.episode_count(run_ids) >= CHILD_FROM:
+            child = InChild(partial(_detection_of, store.url, run_ids, options))
+        try:
+            keys = RESULT_KEYS if child is None else _NOT_DETECTION_KEYS
+            results, decisions = _read(store, run_ids, keys, where, decisions=child is None)
+            return _report(runs, results, decisions, sources=sources,
+                           detection=None if child is None else child.result, **options)
+        finally:
+            if child is not None:
+                child.cancel()
+
+
+# over this many episodes `build_report` computes detection in a child process
+CHILD_FROM = 20_000
+# the report's result keys that only detection reads
+_NOT_DETECTION_KEYS = tuple(k for k in RESULT_KEYS if k not in ("intent", "outcome"))
+
+
+def _detection_of(url: str, run_ids: list[str], options: dict[str, Any]) -> list[Detection]:
+    """The detection section of `build_report`, read through a connection of its own."""
+    from ..store import Store
+    store = Store(url, readonly=True)
+    try:
+        results, decisions = _read(store, run_ids, FLAGGING_RESULT_KEYS, options.get("where"))
+        return _detection(results, decisions, options.get("budgets", DEFAULT_BUDGETS),
+                          **{k: options[k] for k in ("seed", "n_resamples", "n_tasks",
+                                                     "attack_rate") if k in options})
+    finally:
+        store.close()
+
+
+def _read(store, run_ids: list[str], keys: tuple[str, ...], where: dict[str, Any] | None,
+          decisions: bool = True) -> tuple[Columns, Columns | None]:
+    """The result columns `keys` of the runs and (`decisions`) the decision columns detection
+    reads, of the episodes whose params hold `where`."""
+    got = store.result_columns(run_ids, keys + (("params",) if where else ()))
     results = Columns(got, len(got["id"]))
-    # detection reads flags and scores (answers come with the results), and of a decision's
-    # episode its run, variant and status: those of its result row
-    episode = ("run_id", "variant", "protocol", "status")
-    dec = store.decision_columns(run_ids, DETECTOR_KINDS, store.DETECTION_KEYS)
-    position = dict(zip(got["id"], range(len(results)), strict=True))
-    at = [position.get(e, -1) for e in dec["episode_id"]]
-    if -1 in at:  # a decision of an episode without a result row (its item is missing)
-        dec = store.decision_columns(run_ids, DETECTOR_KINDS, store.DETECTION_KEYS + episode)
-    else:
-        at_ = np.asarray(at, dtype=np.intp)
-        dec |= {k: results[k][at_] for k in episode}
-    decisions = Columns(dec, len(dec["episode_id"]))
+    dec = None
+    if decisions:
+        # detection reads flags and scores (answers come with the results), and of a
+        # decision's episode its run, variant and status: those of its result row
+        episode = ("run_id", "variant", "protocol", "status")
+        dec = store.decision_columns(run_ids, DETECTOR_KINDS, store.DETECTION_KEYS)
+        position = dict(zip(got["id"], range(len(results)), strict=True))
+        at = [position.get(e, -1) for e in dec["episode_id"]]
+        if -1 in at:  # a decision of an episode without a result row (its item is missing)
+            dec = store.decision_columns(run_ids, DETECTOR_KINDS,
+                                         store.DETECTION_KEYS + episode)
+        else:
+            at_ = np.asarray(at, dtype=np.intp)
+            dec |= {k: results[k][at_] for k in episode}
+        dec = Columns(dec, len(dec["episode_id"]))
     if where:
         keep = np.fromiter((_holds(p, where) for p in results["params"]), dtype=bool,
                            count=len(results))
         kept = set(results["id"][keep].tolist())
         results = results.take(np.flatnonzero(keep))
-        decisions = decisions.take(np.flatnonzero(np.fromiter(
-            (e in kept for e in decisions["episode_id"]), dtype=bool, count=len(decisions))))
-    return _report(runs, results, decisions, sources=sources, **options)
+        if dec is not None:
+            dec = dec.take(np.flatnonzero(np.fromiter(
+                (e in kept for e in dec["episode_id"]), dtype=bool, count=len(dec))))
+    return results, dec
 
 
 __all__ = ["FORMAT", "Debaters", "GroupAccuracy", "JudgeComparison", "Report", "RunInfo",

@@ -73,10 +73,12 @@ def report(run_refs: RunsArg, db: DbOpt = None,
            budget: BudgetOpt = None, where: WhereOpt = None) -> None:
     """Accuracy (intervals over documents), calibration, position bias, debaters, re-judged
     judges side by side, detection and cost, per run and variant."""
+    from ..tuning import paused_gc
     budgets, filters = parse_budgets(budget), parse_where(where)
-    store = _store(db)
-    print_report(store, _resolve_runs(store, run_refs), as_json=as_json, budgets=budgets,
-                 where=filters)
+    with paused_gc():  # imports and a report's columns: objects, no cycles to collect
+        store = _store(db)
+        print_report(store, _resolve_runs(store, run_refs), as_json=as_json, budgets=budgets,
+                     where=filters)
 
 
 def _side(store, ref: str) -> tuple[str, list[dict]]:

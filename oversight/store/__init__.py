@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from . import leases
 from . import results as reads
-from .db import DEFAULT_DB, create_store_engine, resolve_url, safe_url, target_of
+from .db import DEFAULT_DB, _sqlite_file, create_store_engine, resolve_url, safe_url, target_of
 from .migrations import MIGRATIONS, migrate, schema_version
 from .tables import (
     decisions,
@@ -54,6 +54,12 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @property
+    def reopenable(self) -> bool:
+        """Whether another connection, in another process, can open this store by its `url`
+        (any store but an in-memory SQLite one)."""
+        return not self.url.startswith("sqlite") or _sqlite_file(self.url) is not None
 
     # -- writes ---------------------------------------------------------------------------
     def _exec(self, stmt) -> Any:
@@ -195,6 +201,12 @@ class Store:
                                        runs.c.updated_at, runs.c.package_version)
                                 .order_by(runs.c.created_at)).mappings().all()
             return [{**r, "episodes": per.get(r["id"], {})} for r in rows]
+
+    def episode_count(self, run_ids: list[str]) -> int:
+        """How many episodes the runs have (any status)."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(episodes)
+                                .where(episodes.c.run_id.in_(list(run_ids)))).scalar_one()
 
     def run(self, run_id: str) -> dict | None:
         with self.engine.connect() as conn:
