@@ -654,3 +654,39 @@ async def test_litellm_setup_errors_are_fatal(model, kind, monkeypatch):
     with pytest.raises(ModelError) as info:
         await provider.complete(ask())
     assert (info.value.kind, info.value.retryable) == (kind, False), info.value
+
+
+
+def test_openai_idempotency_keys_differ_per_call_and_share_one_random_prefix():
+    # passed to the SDK so that it does not draw a uuid4 (a urandom syscall) per call
+    from oversight.models.openai_provider import _KEYS
+    keys = [next(_KEYS) for _ in range(3)]
+    assert len(set(keys)) == 3
+    prefixes = {k.rsplit("-", 1)[0] for k in keys}
+    counts = [int(k.rsplit("-", 1)[1]) for k in keys]
+    assert len(prefixes) == 1 and counts == sorted(counts)  # drawn once, then counted
+    (prefix,) = prefixes
+    assert re.fullmatch(r"oversight-[0-9a-f]{16}", prefix)
+
+
+async def test_openai_sends_what_the_clients_post_would_send(srv):
+    """The provider builds post()'s request options once per client (not per call): the
+    request on the wire is the one `client.post("/chat/completions", body=...)` sends."""
+    provider = make("openai", srv, seed=7, extra_body={"top_k": 3})
+    request = ask(("user", "Is the sky blue?"), logprobs=True, top_logprobs=2, stop=("\n",))
+    try:
+        await provider.complete(request)
+        await provider.complete(request)  # the shared options are not changed by a call
+        kwargs = provider._kwargs(request)
+        body = {**kwargs, **kwargs.pop("extra_body", {})}
+        await provider._client.post("/chat/completions", body=body, cast_to=httpx.Response)
+    finally:
+        await provider.aclose()
+    first, second, sdk = srv.requests
+    for ours in (first, second):
+        assert (ours["path"], ours["json"]) == (sdk["path"], sdk["json"])
+        assert ours["json"]["top_k"] == 3 and ours["json"]["seed"] == 7
+        differ = {"idempotency-key"}  # the SDK draws a uuid4 where the provider counts
+        assert ({k: v for k, v in ours["headers"].items() if k not in differ}
+                == {k: v for k, v in sdk["headers"].items() if k not in differ})
+    assert first["headers"]["authorization"] == f"Bearer {SECRET}"

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import openai
+from openai._models import FinalRequestOptions
 
 from ..errors import ModelError
 from .base import (
@@ -53,6 +54,7 @@ class OpenAIProvider(Provider):
     def __init__(self, config: ModelConfig):
         super().__init__(config)
         self._client: openai.AsyncOpenAI | None = None
+        self._options: FinalRequestOptions | None = None
         self._secrets: tuple[str, ...] = ()
 
     def _make_client(self) -> openai.AsyncOpenAI:
@@ -70,6 +72,13 @@ class OpenAIProvider(Provider):
     async def start(self) -> None:
         if self._client is None:
             self._client = self._make_client()
+            # What the client's post("/chat/completions") builds per call, built once (the
+            # URL joined to base_url once too): per call only the body and the key change.
+            # ~70 µs a call less than post() (bench/RESULTS.md, session 6);
+            # test_providers pins that the request on the wire is post()'s.
+            self._options = FinalRequestOptions.construct(
+                method="post", url=self._client._prepare_url("/chat/completions"),
+                json_data=None, content=None, files=None)
 
     def _kwargs(self, request: ModelRequest) -> dict[str, Any]:
         opts = self.config.options
@@ -103,12 +112,14 @@ class OpenAIProvider(Provider):
         kwargs = self._kwargs(request)
         body = {**kwargs, **kwargs.pop("extra_body", {})}
         try:
-            # The client's generic post(): the same request building, auth, transport and
-            # status-error mapping as chat.completions.create(), without its per-call walk of
-            # the typed parameters (~1 ms) or a pydantic model of the reply we do not keep.
-            # An idempotency key of our own: the SDK would draw a uuid4 per call (a syscall).
-            http = await self._client.post("/chat/completions", body=body, cast_to=httpx.Response,
-                                           options={"idempotency_key": next(_KEYS)})
+            # The client's generic request(), as its post() calls it: the same request
+            # building, auth, transport and status-error mapping as chat.completions.create(),
+            # without its per-call walk of the typed parameters (~1 ms) or a pydantic model of
+            # the reply we do not keep. An idempotency key of our own: the SDK would draw a
+            # uuid4 per call (a syscall).
+            options = self._options.model_copy(
+                update={"json_data": body, "idempotency_key": next(_KEYS)})
+            http = await self._client.request(httpx.Response, options)
             data = json.loads(http.content)
         except (openai.OpenAIError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             error = self._error(exc)
@@ -185,10 +196,11 @@ class OpenAIProvider(Provider):
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.close()
-            self._client = None
+            self._client = self._options = None
 
 
-_KEYS = (f"oversight-{secrets.token_hex(8)}-{n}" for n in itertools.count())
+_KEY_PREFIX = f"oversight-{secrets.token_hex(8)}-"  # drawn once: the keys are this and a count
+_KEYS = (f"{_KEY_PREFIX}{n}" for n in itertools.count())
 
 
 class _CookiesWhenSet(httpx.Cookies):
