@@ -65,7 +65,7 @@ class InChild(Generic[T]):
     def __init__(self, work: Callable[[], T], *, fork: bool = True):
         self.work = work
         self.pid: int | None = None
-        if not (fork and hasattr(os, "fork") and threading.active_count() == 1):
+        if not (fork and self.possible()):
             return
         read_fd, write_fd = os.pipe()
         pid = os.fork()
@@ -83,6 +83,11 @@ class InChild(Generic[T]):
                 os._exit(status)
         os.close(write_fd)
         self.pid, self._pipe = pid, os.fdopen(read_fd, "rb")
+
+    @staticmethod
+    def possible() -> bool:
+        """Whether a child would be forked now (else the work is done in this process)."""
+        return hasattr(os, "fork") and threading.active_count() == 1
 
     def result(self) -> T:
         """The child's result, or `work()` done here (see the class)."""

@@ -122,6 +122,30 @@ def test_a_sqlite_url_and_a_path_name_the_same_store_read_only_too(tmp_path):
         Store(f"sqlite:///{tmp_path / 'absent.db'}", readonly=True)
 
 
+def test_reopen_gives_a_read_only_store_of_the_same_database(tmp_path):
+    db = tmp_path / "reopen.db"
+    writer = Store(db)
+    writer.save_run({"id": "r1", "name": "n", "spec_toml": "", "spec_hash": "h",
+                     "package_version": "0.1.0"})
+    assert writer.reopenable
+    again = writer.reopen()
+    try:
+        assert again.readonly and again.engine is not writer.engine  # connections of its own
+        assert [r["id"] for r in again.runs()] == ["r1"]
+        assert again.episode_count(["r1"]) == 0
+        with pytest.raises(Exception):
+            again.save_run({"id": "r2", "name": "n", "spec_toml": "", "spec_hash": "h",
+                            "package_version": "0.1.0"})
+    finally:
+        again.close()
+        writer.close()
+    memory = Store("sqlite://")
+    try:
+        assert not memory.reopenable  # another connection would see another database
+    finally:
+        memory.close()
+
+
 def test_foreign_keys_are_enforced(tmp_path):
     store = Store(tmp_path / "fk.db")
     try:

@@ -421,8 +421,9 @@ def build_report(store, run_ids: Sequence[str], **options: Any) -> Report:
                 sources[src] = store.results([src])
         where = options.get("where")
         child = None
-        if store.reopenable and store.episode_count(run_ids) >= CHILD_FROM:
-            child = InChild(partial(_detection_of, store.url, run_ids, options))
+        if (store.reopenable and InChild.possible()
+                and store.episode_count(run_ids) >= CHILD_FROM):
+            child = InChild(partial(_detection_of, store, run_ids, options))
         try:
             keys = RESULT_KEYS if child is None else _NOT_DETECTION_KEYS
             results, decisions = _read(store, run_ids, keys, where, decisions=child is None)
@@ -439,10 +440,10 @@ CHILD_FROM = 20_000
 _NOT_DETECTION_KEYS = tuple(k for k in RESULT_KEYS if k not in ("intent", "outcome"))
 
 
-def _detection_of(url: str, run_ids: list[str], options: dict[str, Any]) -> list[Detection]:
-    """The detection section of `build_report`, read through a connection of its own."""
-    from ..store import Store
-    store = Store(url, readonly=True)
+def _detection_of(parent, run_ids: list[str], options: dict[str, Any]) -> list[Detection]:
+    """The detection section of `build_report`, read through a connection of its own (not
+    one of `parent`'s store: a forked child must not use its parent's connections)."""
+    store = parent.reopen()
     try:
         results, decisions = _read(store, run_ids, FLAGGING_RESULT_KEYS, options.get("where"))
         return _detection(results, decisions, options.get("budgets", DEFAULT_BUDGETS),

@@ -55,6 +55,11 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
+    def reopen(self) -> Store:
+        """A new read-only Store on the same database, with connections of its own (for a
+        forked child process, which must not use its parent's)."""
+        return Store(self.url, readonly=True)
+
     @property
     def reopenable(self) -> bool:
         """Whether another connection, in another process, can open this store by its `url`
