@@ -7,6 +7,7 @@ import gc
 import os
 import pickle
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -55,15 +56,17 @@ class InChild(Generic[T]):
     for independent CPU-bound parts of one command on a machine with a second core (the
     report's detection next to its other sections). `result()` waits for it.
 
-    The child is not used where a fork is not safe or not there: no `os.fork`, or other
-    threads running (a fork copies one thread, with whatever locks the others held). Then, and
+    The child is not used where a fork is not safe or not there: not Linux, or other threads
+    running (a fork copies one thread, with whatever locks the others held). Then, and
     whenever the child fails (an exception, a signal, a result that does not unpickle),
-    `result()` runs `work()` in this process: the figures and the errors are the same as
-    without a child. `work` must not use this process's connections (open its own). The child
-    leaves by `os._exit`: no atexit handlers, no flush of this process's buffers."""
+    `result()` runs `here()` (default: `work`) in this process: the figures and the errors
+    are the same as without a child. `work` must not use this process's connections (open its
+    own; `here` may). The child leaves by `os._exit`: no atexit handlers, no flush of this
+    process's buffers."""
 
-    def __init__(self, work: Callable[[], T], *, fork: bool = True):
-        self.work = work
+    def __init__(self, work: Callable[[], T], *, here: Callable[[], T] | None = None,
+                 fork: bool = True):
+        self.work = here or work
         self.pid: int | None = None
         if not (fork and self.possible()):
             return
@@ -86,8 +89,9 @@ class InChild(Generic[T]):
 
     @staticmethod
     def possible() -> bool:
-        """Whether a child would be forked now (else the work is done in this process)."""
-        return hasattr(os, "fork") and threading.active_count() == 1
+        """Whether a child would be forked now (else the work is done in this process): on
+        Linux (macOS system libraries are not safe across a fork), with no other thread."""
+        return sys.platform.startswith("linux") and threading.active_count() == 1
 
     def result(self) -> T:
         """The child's result, or `work()` done here (see the class)."""
@@ -95,8 +99,10 @@ class InChild(Generic[T]):
             return self.work()
         try:
             data = self._pipe.read()
-        finally:
-            self._reap()
+        except BaseException:  # interrupted: the child is not waited for
+            self.cancel()
+            raise
+        self._reap()
         if self._status == 0 and data:
             try:
                 return pickle.loads(data)

@@ -63,6 +63,8 @@ def inchild() -> dict:
         out["always_fails"] = None
     except ValueError as exc:
         out["always_fails"] = str(exc)
+    out["here"] = [InChild(fails_in_child, here=lambda: "here").result(),
+                   InChild(where_am_i, here=lambda: "here").result()]
     out["killed"] = InChild(killed_in_child).result()
     out["unpicklable"] = InChild(unpicklable_in_child).result()
     job = InChild(sleeps)
@@ -100,6 +102,10 @@ def reports(cases: list) -> dict:
         forked.append(self.pid is not None)
 
     tuning.InChild.__init__ = spy
+    if os.environ.get("REOPEN_FAILS"):  # the child cannot open the store: the parent does it
+        def refuse(self):
+            raise RuntimeError("cannot reopen")
+        Store.reopen = refuse
     out = []
     for path, run_ids, where in cases:
         store = Store(path, readonly=True)

@@ -5,6 +5,7 @@ process (tests/in_child_checks.py): a fork needs a process without other threads
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -18,9 +19,10 @@ HERE = Path(__file__).resolve().parent
 pytestmark = pytest.mark.slow  # subprocesses
 
 
-def checks(*args: str) -> tuple[dict, str]:
+def checks(*args: str, env: dict | None = None) -> tuple[dict, str]:
     proc = subprocess.run([sys.executable, str(HERE / "in_child_checks.py"), *args],
-                          capture_output=True, text=True, timeout=300, cwd=HERE)
+                          capture_output=True, text=True, timeout=300, cwd=HERE,
+                          env={**os.environ, **(env or {})})
     assert proc.returncode == 0, proc.stderr[-3000:]
     head, _, last = proc.stdout.rstrip("\n").rpartition("\n")
     return json.loads(last), head
@@ -33,6 +35,7 @@ def test_in_child_returns_the_childs_result_or_does_the_work_here():
     # whenever the child fails, the work is done here: same result, same error as without it
     assert found["fails_in_child"] == "parent"
     assert found["always_fails"] == "failed in the parent"
+    assert found["here"] == ["here", "child"]  # `here` stands in only when the child fails
     assert found["killed"] == "parent"
     assert found["unpicklable"] == "parent"
     assert found["cancel_s"] < 10 and found["reaped"]  # killed, not waited out (30 s)
@@ -78,6 +81,13 @@ def test_the_report_is_the_same_with_its_detection_in_a_child(stores):
     # the cases do have detection sections to compute (not only empty ones)
     assert found["reports"][0]["detections"] > 0 and found["reports"][2]["detections"] > 0
     assert any(c["detections"] for c in found["reports"][3:])
+
+
+def test_a_child_that_cannot_open_the_store_leaves_the_report_to_the_parent(stores):
+    found, _ = checks("reports", json.dumps([[stores["hand"], ["mon-1"], None]]),
+                      env={"REOPEN_FAILS": "1"})
+    (case,) = found["reports"]
+    assert case["same"] and case["child"] and case["detections"] > 0
 
 
 def test_on_postgres_the_child_opens_its_own_connection(stores, pg_server):

@@ -423,7 +423,8 @@ def build_report(store, run_ids: Sequence[str], **options: Any) -> Report:
         child = None
         if (store.reopenable and InChild.possible()
                 and store.episode_count(run_ids) >= CHILD_FROM):
-            child = InChild(partial(_detection_of, store, run_ids, options))
+            child = InChild(partial(_detection_of, store, run_ids, options, reopen=True),
+                            here=partial(_detection_of, store, run_ids, options))
         try:
             keys = RESULT_KEYS if child is None else _NOT_DETECTION_KEYS
             results, decisions = _read(store, run_ids, keys, where, decisions=child is None)
@@ -440,17 +441,19 @@ CHILD_FROM = 20_000
 _NOT_DETECTION_KEYS = tuple(k for k in RESULT_KEYS if k not in ("intent", "outcome"))
 
 
-def _detection_of(parent, run_ids: list[str], options: dict[str, Any]) -> list[Detection]:
-    """The detection section of `build_report`, read through a connection of its own (not
-    one of `parent`'s store: a forked child must not use its parent's connections)."""
-    store = parent.reopen()
+def _detection_of(parent, run_ids: list[str], options: dict[str, Any],
+                  reopen: bool = False) -> list[Detection]:
+    """The detection section of `build_report`; with `reopen`, read through a connection of
+    its own (a forked child must not use its parent's)."""
+    store = parent.reopen() if reopen else parent
     try:
         results, decisions = _read(store, run_ids, FLAGGING_RESULT_KEYS, options.get("where"))
         return _detection(results, decisions, options.get("budgets", DEFAULT_BUDGETS),
                           **{k: options[k] for k in ("seed", "n_resamples", "n_tasks",
                                                      "attack_rate") if k in options})
     finally:
-        store.close()
+        if reopen:
+            store.close()
 
 
 def _read(store, run_ids: list[str], keys: tuple[str, ...], where: dict[str, Any] | None,
