@@ -4,6 +4,7 @@
     python bench/throughput.py --skip-inspect      # oversight only
     python bench/throughput.py --points 200@1,1000@5x5 --waves 10
     python bench/throughput.py --skip-inspect --only launch --launches 9   # start-up only
+    python bench/throughput.py --skip-inspect --provider anthropic        # the Anthropic path
 
 A latency-mock OpenAI-compatible server (oversight.testing.fakeserver, in its own process on
 127.0.0.1) answers every chat completion after a fixed latency. Each framework runs the
@@ -92,8 +93,9 @@ concurrency = {c}
 [data]
 datasets = ["items.jsonl"]
 [models.m]
-provider = "openai"
-base_url = "{url}/v1"
+provider = "{provider}"
+base_url = "{base_url}"
+api_key_env = "BENCH_API_KEY"
 model = "bench-model"
 max_tokens = 16
 concurrency = {c}
@@ -150,6 +152,7 @@ def timed_run(fw: "Framework", work: Path, connections: int, env: dict, latency:
 
 class Framework:
     name: str
+    sdk = "openai"  # the SDK whose bare import is the floor under launch -> first request
 
     def command(self, work: Path, connections: int, url: str) -> list[str]: ...
     def help_command(self) -> list[str]: ...
@@ -158,11 +161,14 @@ class Framework:
 class Oversight(Framework):
     name = "oversight"
 
-    def __init__(self):
+    def __init__(self, provider: str = "openai"):
         self.exe = shutil.which("oversight") or str(Path(sys.executable).with_name("oversight"))
+        self.provider = self.sdk = provider
 
     def command(self, work: Path, connections: int, url: str) -> list[str]:
-        (work / "spec.toml").write_text(OVERSIGHT_SPEC.format(c=connections, url=url))
+        base_url = f"{url}/v1" if self.provider == "openai" else url  # the SDKs' conventions
+        (work / "spec.toml").write_text(OVERSIGHT_SPEC.format(c=connections, provider=self.provider,
+                                                              base_url=base_url))
         for db in work.glob("bench.db*"):
             db.unlink()  # a fresh store: every call is a cache miss
         return [self.exe, "run", "spec.toml", "--db", "bench.db", "--quiet"]
@@ -224,7 +230,7 @@ def measure(fw: Framework, args, env: dict) -> dict:
             firsts.append(r["first"])
             one_cpu.append(r["cpu"])
             # the floor sampled between launches, so a drift in the machine's speed hits both
-            out["sdk_import"].append(median_time([sys.executable, "-c", "import openai"], env, 1))
+            out["sdk_import"].append(median_time([sys.executable, "-c", f"import {fw.sdk}"], env, 1))
         out["first_s"] = statistics.median(firsts)
         if args.only == "launch":
             return out
@@ -255,6 +261,9 @@ def main() -> None:
                         help="server latency, seconds, for points without one (and 1-call runs)")
     parser.add_argument("--waves", type=int, default=10, help="calls per connection (default)")
     parser.add_argument("--skip-inspect", action="store_true")
+    parser.add_argument("--provider", choices=["openai", "anthropic"], default="openai",
+                        help="oversight's provider (the fake server speaks both wire formats; "
+                        "inspect_ai always goes through openai)")
     parser.add_argument("--only", choices=["launch"], help="launch -> first request only")
     parser.add_argument("--launches", type=int, default=5,
                         help="1-call runs whose median is launch -> first request (default 5)")
@@ -262,19 +271,23 @@ def main() -> None:
     args.points = parse_points(args.points, args.waves)
     files = raise_open_files()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OVERSIGHT_DB",))}
-    env.update(OPENAI_API_KEY="bench-not-a-key", INSPECT_LOG_LEVEL="warning",
+    env.update(OPENAI_API_KEY="bench-not-a-key", BENCH_API_KEY="bench-not-a-key",
+               INSPECT_LOG_LEVEL="warning",
                INSPECT_DISPLAY="none")
     load0 = os.getloadavg()
     print(f"{os.cpu_count()} cores, load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}; "
-          f"open files {files}; points "
+          f"open files {files}; oversight through {args.provider}; points "
           + ", ".join(f"{c}@{args.latency if lat is None else lat:g}s x{w}" for c, lat, w in args.points),
           flush=True)
-    frameworks = [Oversight()] + ([] if args.skip_inspect else [Inspect()])
+    frameworks = [Oversight(args.provider)] + ([] if args.skip_inspect else [Inspect()])
     results = {fw.name: measure(fw, args, env) for fw in frameworks}
     # The floor under any launch -> first request through the official SDK on this machine:
     # a bare interpreter importing it (and nothing else).
     # (median of the samples taken between the launches of every framework)
     sdk_import = statistics.median(t for r in results.values() for t in r["sdk_import"])
+    sdk = frameworks[0].sdk  # (with --provider anthropic, oversight's floor is its own SDK's)
+    if sdk != "openai":
+        sdk_import = statistics.median(results["oversight"]["sdk_import"])
     for r in results.values():
         r["first_ratio"] = r["first_s"] / sdk_import
     load1 = os.getloadavg()
@@ -288,7 +301,7 @@ def main() -> None:
               **{f"cpu@{c}": f"CPU ms per call, {c} connections" for c in cs},
               "cpu_ms": "CPU ms per call, pooled", "help_s": "--help seconds",
               "first_s": "launch -> first request, s",
-              "first_ratio": "launch -> first request ÷ `import openai`"}
+              "first_ratio": f"launch -> first request ÷ `import {sdk}`"}
     names = list(results)
     print()
     print("| metric | " + " | ".join(names) + (" | oversight / inspect_ai" if len(names) > 1 else "")
@@ -305,7 +318,7 @@ def main() -> None:
             met = vals[0] >= floor if at_least else vals[0] <= floor
             ok = f"{'≥' if at_least else '≤'} {floor} | {vals[0] / floor:.3f} {'✓' if met else '✗'}"
         print(f"| {labels[key]} | " + " | ".join(cells) + ratio + f" | {ok} |")
-    print(f"\n`python -c 'import openai'` alone takes {sdk_import:.2f} s here: oversight's launch -> "
+    print(f"\n`python -c 'import {sdk}'` alone takes {sdk_import:.2f} s here: oversight's launch -> "
           f"first request is {results['oversight']['first_ratio']:.2f}x that.")
     if os.environ.get("PYTHONDONTWRITEBYTECODE"):  # an editable install then has no .pyc files
         print("PYTHONDONTWRITEBYTECODE is set: oversight's own modules are compiled from source "

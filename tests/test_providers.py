@@ -690,3 +690,27 @@ async def test_openai_sends_what_the_clients_post_would_send(srv):
         assert ({k: v for k, v in ours["headers"].items() if k not in differ}
                 == {k: v for k, v in sdk["headers"].items() if k not in differ})
     assert first["headers"]["authorization"] == f"Bearer {SECRET}"
+
+
+async def test_anthropic_sends_what_messages_create_would_send(srv):
+    """The provider posts to /v1/messages as messages.create() does (and reads the reply as
+    plain JSON): the request on the wire is the SDK method's, extra headers and body too."""
+    provider = make("anthropic", srv, extra_headers={"x-trace": "t1"},
+                    extra_body={"top_k": 3}, metadata={"user_id": "u"})
+    request = ask(("system", "Be brief."), ("user", "Is the sky blue?"), stop=("END", " "))
+    try:
+        got = await provider.complete(request)
+        await provider._client.messages.create(**provider._kwargs(request))
+    finally:
+        await provider.aclose()
+    ours, sdk = srv.requests
+    assert (ours["path"], ours["json"]) == (sdk["path"], sdk["json"])
+    assert ours["json"]["top_k"] == 3 and ours["json"]["system"] == "Be brief."
+    assert ours["json"]["stop_sequences"] == ["END"]  # whitespace-only stops dropped
+    differ = {"x-stainless-retry-count", "idempotency-key"}
+    assert ({k: v for k, v in ours["headers"].items() if k not in differ}
+            == {k: v for k, v in sdk["headers"].items() if k not in differ})
+    assert ours["headers"]["x-trace"] == "t1"
+    # the reply read as JSON: the body as the server sent it is the call's raw record
+    assert got.text == "Answer: A" and got.raw["content"][0]["text"] == "Answer: A"
+    assert got.tokens_in == got.raw["usage"]["input_tokens"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from enginekit import mock, rows, run, scalar, write_spec
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from oversight.errors import StoreError
 from oversight.store import MIGRATIONS, Store, metadata, migrate, schema_version
@@ -133,7 +133,7 @@ def test_reopen_gives_a_read_only_store_of_the_same_database(tmp_path):
         assert again.readonly and again.engine is not writer.engine  # connections of its own
         assert [r["id"] for r in again.runs()] == ["r1"]
         assert again.episode_count(["r1"]) == 0
-        with pytest.raises(Exception):
+        with pytest.raises(OperationalError, match="readonly"):
             again.save_run({"id": "r2", "name": "n", "spec_toml": "", "spec_hash": "h",
                             "package_version": "0.1.0"})
     finally:

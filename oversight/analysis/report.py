@@ -29,13 +29,13 @@ from .flagging import (
     DEFAULT_BUDGETS,
     DETECTOR_KINDS,
     LEVEL,
-    RESULT_KEYS as FLAGGING_RESULT_KEYS,
     TRUTHS,
     Detection,
     _detection,
     check_budgets,
     decision_columns,
 )
+from .flagging import RESULT_KEYS as FLAGGING_RESULT_KEYS
 from .intervals import (
     Accuracy,
     Agreement,

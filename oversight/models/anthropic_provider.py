@@ -23,13 +23,12 @@ import json
 from typing import Any
 
 import anthropic
-import pydantic
-from anthropic.types import Message
 
 from ..errors import ModelError
 from .base import ModelConfig, ModelRequest, ModelResponse, Provider, as_int, attempt_timeout
 from .credentials import api_key, redact
 from .failures import classify_status, malformed_body, status_error, timed_out, unexpected_error
+from .transport import cookies_only_when_set
 
 __all__ = ["AnthropicProvider"]
 
@@ -46,9 +45,13 @@ class AnthropicProvider(Provider):
         # Always an explicit api_key: without one the SDK goes looking on its own (other env
         # variables, profile files on disk, workload-identity federation).
         # max_retries=0: the SDK must not retry behind our back; one retry layer sees every attempt.
+        # aiohttp, the SDK's own alternative transport, as for OpenAI (openai_provider.py).
+        timeout = attempt_timeout(self.config)
+        http = anthropic.DefaultAioHttpClient(timeout=timeout)
+        cookies_only_when_set(http)
         return anthropic.AsyncAnthropic(api_key=key or "not-needed", base_url=self.config.base_url,
-                                        max_retries=0, open_telemetry=False,
-                                        timeout=attempt_timeout(self.config))
+                                        max_retries=0, open_telemetry=False, timeout=timeout,
+                                        http_client=http)
 
     async def start(self) -> None:
         if self._client is None:
@@ -86,37 +89,47 @@ class AnthropicProvider(Provider):
     async def complete(self, request: ModelRequest) -> ModelResponse:
         await self.start()
         error: ModelError | None = None
+        kwargs = self._kwargs(request)
+        options: dict[str, Any] = {}  # as messages.create() passes them to post()
+        if "extra_headers" in kwargs:
+            options["headers"] = kwargs.pop("extra_headers")
+        if "extra_body" in kwargs:
+            options["extra_json"] = kwargs.pop("extra_body")
         try:
-            message = await self._client.messages.create(**self._kwargs(request))
-        except (anthropic.AnthropicError, json.JSONDecodeError, pydantic.ValidationError,
-                UnicodeDecodeError) as exc:
+            # The client's generic post(), as messages.create() calls it, with the reply as
+            # plain JSON (cast_to=object; the text of a reply that is not JSON): the same
+            # request building, auth, transport and status-error mapping, without a pydantic
+            # Message built and dumped again per call.
+            data = await self._client.post("/v1/messages", body=kwargs, cast_to=object,
+                                           options=options)
+        except (anthropic.AnthropicError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             error = self._error(exc)
         if error is not None:
             # Raised outside the except block so the SDK exception (whose request carries the
             # Authorization header) is not chained onto ours as __context__.
             raise error
-        return self._response(message)
+        return self._response(data)
 
-    def _response(self, message: Any) -> ModelResponse:
-        # The SDK does not validate bodies: a non-JSON content type comes back as a str, a
-        # JSON body of the wrong shape as a half-filled model.
-        if not isinstance(message, Message):
+    def _response(self, data: Any) -> ModelResponse:
+        """A ModelResponse from a Messages API body (parsed JSON), checking its shape."""
+        if not isinstance(data, dict):
             raise ModelError(f"malformed response: expected a message, got "
-                             f"{type(message).__name__}", retryable=True, kind="malformed")
-        content = getattr(message, "content", None)
+                             f"{type(data).__name__}", retryable=True, kind="malformed")
+        content = data.get("content")
         if not isinstance(content, list):
             raise ModelError("malformed response: no content", retryable=True, kind="malformed")
-        texts = [b.text for b in content if getattr(b, "type", None) == "text"
-                 and isinstance(getattr(b, "text", None), str)]
-        stop = getattr(message, "stop_reason", None)
+        texts = [b["text"] for b in content if isinstance(b, dict) and b.get("type") == "text"
+                 and isinstance(b.get("text"), str)]
+        stop = data.get("stop_reason")
+        stop = stop if isinstance(stop, str) else None
         if not texts and stop not in ("max_tokens", "refusal", "tool_use", "pause_turn"):
             # An answer with no text at all that did not stop for a reason is broken, not empty.
             raise ModelError("malformed response: no text content", retryable=True,
                              kind="malformed")
-        usage = getattr(message, "usage", None)  # absent usage is not an error
-        fresh = as_int(getattr(usage, "input_tokens", None))
-        cache_read = as_int(getattr(usage, "cache_read_input_tokens", None))
-        cache_write = as_int(getattr(usage, "cache_creation_input_tokens", None))
+        usage = _dict(data.get("usage"))  # absent usage is not an error
+        fresh = as_int(usage.get("input_tokens"))
+        cache_read = as_int(usage.get("cache_read_input_tokens"))
+        cache_write = as_int(usage.get("cache_creation_input_tokens"))
         # Anthropic splits the prompt three ways: `input_tokens` counts only the tokens after
         # the last cache breakpoint; cache reads and cache writes are reported beside it. Like
         # OpenAI's prompt_tokens, tokens_in here is the whole prompt (all three), and
@@ -124,22 +137,19 @@ class AnthropicProvider(Provider):
         # across providers. (Cache writes are billed at a premium; raw keeps the split.)
         whole = None if fresh is None else fresh + (cache_read or 0) + (cache_write or 0)
         tokens_in = as_int(whole)  # three counts that each fit may not fit summed
-        try:
-            raw = message.model_dump(mode="json")
-        except Exception:  # noqa: BLE001 - a half-constructed model may not dump cleanly
-            raw = None
+        model = data.get("model")
         return ModelResponse(
             text="".join(texts),
-            model=getattr(message, "model", None) or self.config.model,
+            model=model if isinstance(model, str) and model else self.config.model,
             tokens_in=tokens_in,
-            tokens_out=as_int(getattr(usage, "output_tokens", None)),
+            tokens_out=as_int(usage.get("output_tokens")),
             tokens_cached=cache_read,
             # Thinking tokens are part of output_tokens; the details split them out.
-            tokens_reasoning=as_int(getattr(getattr(usage, "output_tokens_details", None),
-                                          "thinking_tokens", None)),
+            tokens_reasoning=as_int(_dict(usage.get("output_tokens_details"))
+                                    .get("thinking_tokens")),
             finish_reason=stop,
             logprobs=None,
-            raw=redact(raw, self._secrets),
+            raw=redact(data, self._secrets),
         )
 
     def _error(self, exc: Exception) -> ModelError:
@@ -159,7 +169,7 @@ class AnthropicProvider(Provider):
             return ModelError(f"connection failed ({type(cause or exc).__name__})",
                               retryable=True, kind="connection")
         if isinstance(exc, (anthropic.APIResponseValidationError, json.JSONDecodeError,
-                            pydantic.ValidationError, UnicodeDecodeError)):
+                            UnicodeDecodeError)):
             return malformed_body(exc, self._secrets)
         return unexpected_error(exc, self._secrets)
 
@@ -173,6 +183,10 @@ class AnthropicProvider(Provider):
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def _error_fields(exc: anthropic.APIStatusError) -> tuple[str | None, str]:

@@ -31,12 +31,12 @@ from .base import (
 from .credentials import api_key, redact
 from .failures import (
     classify_status,
-    exception_chain,
     malformed_body,
     status_error,
     timed_out,
     unexpected_error,
 )
+from .transport import cookies_only_when_set, disconnect, undecodable
 
 __all__ = ["OpenAIProvider", "is_reasoning_model"]
 
@@ -65,7 +65,7 @@ class OpenAIProvider(Provider):
         # the connections in use (~25 ms a call at 200 connections; bench/RESULTS.md).
         timeout = attempt_timeout(self.config)
         http = openai.DefaultAioHttpClient(timeout=timeout)
-        _cookies_only_when_set(http)
+        cookies_only_when_set(http)
         return openai.AsyncOpenAI(api_key=key or "not-needed", base_url=self.config.base_url,
                                   max_retries=0, timeout=timeout, http_client=http)
 
@@ -175,8 +175,8 @@ class OpenAIProvider(Provider):
             return status_error(status, kind, retryable, message, headers, self._secrets)
         if isinstance(exc, openai.APIConnectionError):  # APITimeoutError is a subclass
             # httpx-aiohttp reports a dropped connection as a connect *timeout*: look beneath.
-            dropped = _disconnect(exc)
-            if _undecodable(exc):  # e.g. a body that claims gzip and is not: the reply is bad
+            dropped = disconnect(exc)
+            if undecodable(exc):  # e.g. a body that claims gzip and is not: the reply is bad
                 return ModelError("malformed response body (could not decode it)", retryable=True,
                                   kind="malformed")
             if isinstance(exc, openai.APITimeoutError) and dropped is None:
@@ -203,22 +203,6 @@ _KEY_PREFIX = f"oversight-{secrets.token_hex(8)}-"  # drawn once: the keys are t
 _KEYS = (f"{_KEY_PREFIX}{n}" for n in itertools.count())
 
 
-class _CookiesWhenSet(httpx.Cookies):
-    """The client's cookie jar, read only from responses that set a cookie: httpx otherwise
-    wraps every response for the standard library's cookie parser (~0.1 ms a call) to find
-    none. A response with Set-Cookie is handled exactly as before."""
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        if "set-cookie" in response.headers:
-            super().extract_cookies(response)
-
-
-def _cookies_only_when_set(http: httpx.AsyncClient) -> None:
-    jar = getattr(http, "_cookies", None)
-    if type(jar) is httpx.Cookies:  # (an httpx without this attribute: left as it is)
-        http._cookies = _CookiesWhenSet(jar.jar)
-
-
 def _dict(value: Any) -> dict:
     return value if isinstance(value, dict) else {}
 
@@ -243,20 +227,6 @@ def _error_fields(exc: openai.APIStatusError) -> tuple[str | None, str | None, s
     if isinstance(err, str):  # {"error": "text"} as some compatible servers send
         return None, None, err
     return None, None, str(body if isinstance(body, str) and body else exc.message)
-
-
-_DISCONNECTS = ("ServerDisconnectedError", "ClientOSError", "ClientConnectorError",
-                "ConnectionResetError", "ConnectionRefusedError", "BrokenPipeError")
-
-
-def _disconnect(exc: BaseException) -> str | None:
-    """The name of the error beneath a transport failure when the peer dropped or refused the
-    connection (httpx-aiohttp may call that a timeout), else None."""
-    return next((type(e).__name__ for e in exception_chain(exc) if type(e).__name__ in _DISCONNECTS), None)
-
-
-def _undecodable(exc: BaseException) -> bool:
-    return any(isinstance(e, httpx.DecodingError) for e in exception_chain(exc))
 
 
 def _cause(exc: BaseException) -> str:

@@ -81,8 +81,8 @@ class AnthropicBatches:
             async for item in await self.p._client.messages.batches.results(batch_id):
                 result = item.result
                 if result.type == "succeeded":
-                    try:
-                        out[item.custom_id] = self.p._response(result.message)
+                    try:  # the SDK's model of the message, as its JSON body
+                        out[item.custom_id] = self.p._response(_body(result.message))
                     except ModelError as exc:
                         out[item.custom_id] = exc
                 elif result.type == "errored":
@@ -104,3 +104,11 @@ class AnthropicBatches:
     async def cancel(self, batch_id: str) -> None:
         await self.p.start()
         await self._sdk(lambda: self.p._client.messages.batches.cancel(batch_id))
+
+
+def _body(message: Any) -> Any:
+    """A batch result's message (the SDK's model) as the JSON of a Messages API body."""
+    try:
+        return message.model_dump(mode="json", exclude_unset=True)
+    except Exception:  # noqa: BLE001 - a half-built model: the provider says malformed
+        return message
