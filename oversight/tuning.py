@@ -57,7 +57,8 @@ class InChild(Generic[T]):
     report's detection next to its other sections). `result()` waits for it.
 
     The child is not used where a fork is not safe or not there: not Linux, or other threads
-    running (a fork copies one thread, with whatever locks the others held). Then, and
+    running (a fork copies one thread, with whatever locks the others held), or the fork
+    itself fails (no process or file descriptor to spare). Then, and
     whenever the child fails (an exception, a signal, a result that does not unpickle),
     `result()` runs `here()` (default: `work`) in this process: the figures and the errors
     are the same as without a child. `work` must not use this process's connections (open its
@@ -70,8 +71,16 @@ class InChild(Generic[T]):
         self.pid: int | None = None
         if not (fork and self.possible()):
             return
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
+        try:
+            read_fd, write_fd = os.pipe()
+        except OSError:  # out of file descriptors: done here
+            return
+        try:
+            pid = os.fork()
+        except OSError:  # no process to spare (EAGAIN, ENOMEM): done here
+            os.close(read_fd)
+            os.close(write_fd)
+            return
         if pid == 0:  # the child: never returns
             os.close(read_fd)
             status = 1

@@ -78,6 +78,17 @@ def inchild() -> dict:
     except ChildProcessError:
         out["reaped"] = True
     out["no_fork"] = InChild(where_am_i, fork=False).pid is None
+    fork = os.fork
+
+    def refused():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    os.fork = refused  # as under a process limit
+    try:
+        job = InChild(where_am_i)
+        out["fork_fails"] = [job.pid is None, job.result()]
+    finally:
+        os.fork = fork
     stop = threading.Event()
     other = threading.Thread(target=stop.wait)
     other.start()
