@@ -714,3 +714,31 @@ async def test_anthropic_sends_what_messages_create_would_send(srv):
     # the reply read as JSON: the body as the server sent it is the call's raw record
     assert got.text == "Answer: A" and got.raw["content"][0]["text"] == "Answer: A"
     assert got.tokens_in == got.raw["usage"]["input_tokens"]
+
+
+OK_BODIES = {
+    "openai": {"id": "c1", "object": "chat.completion", "model": "m",
+               "choices": [{"index": 0, "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": "Answer: A"}}],
+               "usage": {"prompt_tokens": 3, "completion_tokens": 2}},
+    "anthropic": {"id": "m1", "type": "message", "role": "assistant", "model": "m",
+                  "content": [{"type": "text", "text": "Answer: A"}], "stop_reason": "end_turn",
+                  "usage": {"input_tokens": 3, "output_tokens": 2}},
+}
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic"])
+async def test_a_cookie_the_server_sets_is_sent_back(name, srv):
+    """The jar skips responses without Set-Cookie (transport.py); one that sets a cookie is
+    kept, and the next request carries it."""
+    srv.faults = [{"kind": "malformed", "body": json.dumps(OK_BODIES[name]),
+                   "headers": {"set-cookie": "session=abc123; Path=/"}}, None]
+    provider = make(name, srv)
+    try:
+        first = await provider.complete(ask())
+        await provider.complete(ask())
+    finally:
+        await provider.aclose()
+    assert first.text == "Answer: A"
+    assert "cookie" not in srv.requests[0]["headers"]
+    assert srv.requests[1]["headers"].get("cookie") == "session=abc123"

@@ -14,15 +14,17 @@ _DISCONNECTS = ("ServerDisconnectedError", "ClientOSError", "ClientConnectorErro
 class _CookiesWhenSet(httpx.Cookies):
     """The client's cookie jar, read only from responses that set a cookie: httpx otherwise
     wraps every response for the standard library's cookie parser (~0.1 ms a call) to find
-    none. A response with Set-Cookie is handled exactly as before."""
+    none. A response with Set-Cookie (or the obsolete Set-Cookie2) is handled as before."""
 
     def extract_cookies(self, response: httpx.Response) -> None:
-        if "set-cookie" in response.headers:
+        if "set-cookie" in response.headers or "set-cookie2" in response.headers:
             super().extract_cookies(response)
 
 
 def cookies_only_when_set(http: httpx.AsyncClient) -> None:
-    """Give `http` the jar above (an httpx without a `_cookies` jar is left as it is)."""
+    """Give an httpx client the jar above. Any other client is left as it is: httpx2 (the
+    Anthropic SDK's from 2.14) checks for the header itself, and an httpx without a
+    `_cookies` jar has nothing to replace."""
     jar = getattr(http, "_cookies", None)
     if type(jar) is httpx.Cookies:
         http._cookies = _CookiesWhenSet(jar.jar)
