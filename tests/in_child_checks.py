@@ -125,7 +125,10 @@ def reports(cases: list) -> dict:
         R.CHILD_FROM = 0
         before = len(forked)
         both = R.build_report(store, run_ids, where=where, budgets=[0.1, 0.5]).to_json()
+        told = len(forked)
+        R.build_report(store, run_ids, where=where, budgets=[0.1, 0.5], child=False)
         out.append({"case": [path, run_ids, where], "same": alone == both,
+                    "child_false_forks": len(forked) > told,
                     "child": forked[before:] == [True],
                     "detections": len(json.loads(both)["detection"])})
         store.close()

@@ -79,6 +79,7 @@ def test_the_report_is_the_same_with_its_detection_in_a_child(stores):
     for case in found["reports"]:
         assert case["same"], case["case"]
         assert case["child"], case["case"]  # the child did run (and its figures were used)
+        assert not case["child_false_forks"], case["case"]  # child=False: never
     # the cases do have detection sections to compute (not only empty ones)
     assert found["reports"][0]["detections"] > 0 and found["reports"][2]["detections"] > 0
     assert any(c["detections"] for c in found["reports"][3:])

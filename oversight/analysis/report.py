@@ -404,13 +404,15 @@ def rejudged_run(run: dict) -> str | None:
     return ref.split(":")[1] if ref.startswith("run:") and ref.count(":") >= 2 else None
 
 
-def build_report(store, run_ids: Sequence[str], **options: Any) -> Report:
+def build_report(store, run_ids: Sequence[str], *, child: bool = True,
+                 **options: Any) -> Report:
     """The report of the given runs of `store` (see `report_from_rows` for the options).
 
     Reads the store as columns (`Store.result_columns`, `Store.decision_columns`): only what
     the report reads, no dict per episode; the figures are `report_from_rows`'s. Over a large
-    run (`CHILD_FROM` episodes) the detection section is computed in a forked child process
-    with its own connection while this one reads and computes the rest (`tuning.InChild`)."""
+    run (`CHILD_FROM` episodes), unless `child` is false, the detection section is computed
+    in a forked child process with its own connection while this one reads and computes the
+    rest (`tuning.InChild`; the same figures)."""
     run_ids = list(run_ids)
     check_budgets(options.get("budgets", DEFAULT_BUDGETS))  # refused before the store is read
     with paused_gc(freeze=False):  # many objects, no cycles: collections only cost here
@@ -420,19 +422,19 @@ def build_report(store, run_ids: Sequence[str], **options: Any) -> Report:
             if (src := rejudged_run(run)) is not None and src not in sources:
                 sources[src] = store.results([src])
         where = options.get("where")
-        child = None
-        if (store.reopenable and InChild.possible()
+        job = None
+        if (child and store.reopenable and InChild.possible()
                 and store.episode_count(run_ids) >= CHILD_FROM):
-            child = InChild(partial(_detection_of, store, run_ids, options, reopen=True),
-                            here=partial(_detection_of, store, run_ids, options))
+            job = InChild(partial(_detection_of, store, run_ids, options, reopen=True),
+                          here=partial(_detection_of, store, run_ids, options))
         try:
-            keys = RESULT_KEYS if child is None else _NOT_DETECTION_KEYS
-            results, decisions = _read(store, run_ids, keys, where, decisions=child is None)
+            keys = RESULT_KEYS if job is None else _NOT_DETECTION_KEYS
+            results, decisions = _read(store, run_ids, keys, where, decisions=job is None)
             return _report(runs, results, decisions, sources=sources,
-                           detection=None if child is None else child.result, **options)
+                           detection=None if job is None else job.result, **options)
         finally:
-            if child is not None:
-                child.cancel()
+            if job is not None:
+                job.cancel()
 
 
 # over this many episodes `build_report` computes detection in a child process

@@ -230,7 +230,9 @@ def _execute(loaded, library, db, *, retry_failed: bool, no_cache: bool,
     # The run's plans and items are no longer needed: the report (which reads every episode
     # back) reuses their memory instead of adding to it (bench/memory.py).
     loaded.plans, loaded.items = [], []
-    print_report(store, [summary.run_id])
+    # No child process: one forked now would start from this process's whole heap (its peak
+    # resident size would pass the run's own; bench/memory.py).
+    print_report(store, [summary.run_id], child=False)
     states = summary.states
     left = sum(n for s, n in states.items() if s != "done")
     if summary.status == "running":

@@ -22,11 +22,14 @@ RunsArg = Annotated[list[str], typer.Argument(
 
 
 def print_report(store, run_ids: list[str], *, as_json: bool = False,
-                 budgets: list[float] | None = None, where: dict | None = None) -> None:
-    """The report of the runs (analysis.report.Report): rich tables, or strict JSON on stdout."""
+                 budgets: list[float] | None = None, where: dict | None = None,
+                 child: bool = True) -> None:
+    """The report of the runs (analysis.report.Report): rich tables, or strict JSON on stdout;
+    `child`: as `build_report`'s."""
     from ..analysis.flagging import DEFAULT_BUDGETS
     from ..analysis.report import build_report
-    report = build_report(store, run_ids, budgets=budgets or DEFAULT_BUDGETS, where=where)
+    report = build_report(store, run_ids, budgets=budgets or DEFAULT_BUDGETS, where=where,
+                          child=child)
     if as_json:
         typer.echo(report.to_json())
         return
