@@ -715,3 +715,57 @@ def test_push_grows_refuses_conflicts_and_maps_rejudged_links(pg_server, tmp_pat
     other_run(lite, tmp_path)
     assert cli("push", run_id, "--db", src, "--to", lite).exit_code == 0
     assert sql(lite, link, r=run_id) == sql(src, link, r=run_id) != []
+
+
+@pytest.mark.parametrize("kind", ["postgres", "sqlite"])
+def test_push_carries_the_provider_batches_the_run_sent(pg_url, tmp_path, kind):
+    """A run stopped with a batch in flight, pushed: a worker on the target finds the batch
+    (and the answers already in) instead of sending its requests again."""
+    src = str(tmp_path / "laptop.db")
+    run_id = run(report_spec(tmp_path), src).summary.run_id
+    target = pg_url if kind == "postgres" else str(tmp_path / "shared.db")
+    kept = other_run(target, tmp_path)
+    there = Store(target)
+    try:  # a batch of another run already in the target: the pushed ones get new ids
+        there.batch_journal(kept).store_batch("openai", "gpt-x", None, "w0", [("k0", "k0")])
+    finally:
+        there.close()
+    laptop = Store(src)
+    try:
+        journal = laptop.batch_journal(run_id)
+        live, _ = journal.store_batch("openai", "gpt-x", None, "laptop:1:a",
+                                      [("k1", "k1"), ("k2", "k2")])
+        journal.submitted(live, "batch_live", "file_1", "in_progress")
+        done, _ = journal.store_batch("openai", "gpt-x", None, "laptop:1:a", [("k3", "k3")])
+        journal.submitted(done, "batch_done", "file_2")
+        journal.finish(done, "ended", "completed", {"k3": {"status": "succeeded",
+                                                           "result": {"text": "Answer: A"}}})
+        laptop.batch_journal("not-pushed").store_batch("openai", "gpt-x", None, "w", [("k9", "k9")])
+    finally:
+        laptop.close()
+
+    res = cli("push", run_id, "--db", src, "--to", target)
+    assert res.exit_code == 0, res.output
+    assert "2 provider_batches, 3 batch_requests" in res.output
+    batches = "SELECT b.token, b.provider_batch_id, b.status, b.run_id, r.custom_id, r.status " \
+              "AS rs, r.result FROM provider_batches b JOIN batch_requests r ON r.batch_id = " \
+              "b.id WHERE b.run_id = :run ORDER BY r.custom_id"
+
+    def norm(rows):
+        return [{**r, "result": json.loads(r["result"]) if isinstance(r["result"], str)
+                 else r["result"]} for r in rows]
+    assert norm(sql(target, batches, run=run_id)) == norm(sql(src, batches, run=run_id))
+    assert value(target, "SELECT count(*) FROM provider_batches WHERE run_id = 'not-pushed'") == 0
+    ids = {r["token"]: r["id"] for r in sql(target, "SELECT token, id FROM provider_batches")}
+    assert len(ids) == 3  # the target's own batch, and the two pushed, with ids of its own
+    there = Store(target)
+    try:
+        found = there.batch_journal().live("openai", "gpt-x", None)
+    finally:
+        there.close()
+    pushed = [b for b in found if b["run_id"] == run_id]
+    assert [(b["provider_batch_id"], b["requests"]) for b in pushed] == \
+        [("batch_live", {"k1": "k1", "k2": "k2"})]  # polled there, not sent again
+    after = counts(target), value(target, "SELECT count(*) FROM batch_requests")
+    assert cli("push", run_id, "--db", src, "--to", target).exit_code == 0
+    assert (counts(target), value(target, "SELECT count(*) FROM batch_requests")) == after

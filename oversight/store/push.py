@@ -3,7 +3,9 @@ PostgreSQL (`oversight push RUN --to URL`), but any store into any other.
 
 What is copied: the run's row, the items its episodes use (those the target lacks: an item
 the target has is left as it is, being shared by runs), the episodes, and their messages,
-decisions and model calls. Not the response cache. Episode ids are the target's own: the
+decisions and model calls; with them, the provider batches the run sent and their requests
+(those the target lacks), so that a batch still in flight is polled there, not paid for
+again. Not the response cache. Episode ids are the target's own: the
 children are inserted with the new ids, and `source_episode_id` (a re-judging's link to the
 episode it judged) points to the same episode in the target when that episode is in the
 pushed run, or in a run pushed (or run) there before (same run id and key); otherwise it is
@@ -39,7 +41,16 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import StoreError
 from .db import safe_url
-from .tables import decisions, episodes, items, messages, model_calls, runs
+from .tables import (
+    batch_requests,
+    decisions,
+    episodes,
+    items,
+    messages,
+    model_calls,
+    provider_batches,
+    runs,
+)
 from .writer import JSONText, _Insert
 
 CHUNK = 500  # ids in one SQL IN (...)
@@ -139,6 +150,40 @@ def _copy(src: Connection, dst: Connection, run_row: dict, src_eps: list[dict],
             _insert(dst, table, rows)
             copied += len(rows)
         result.rows[table.name] = copied
+    _copy_batches(src, dst, run_id, result)
+
+
+def _copy_batches(src: Connection, dst: Connection, run_id: str, result: PushResult) -> None:
+    """The provider batches the run sent (store/batches.py) that the target lacks (known by
+    their token), with their requests: a worker on the target then polls a batch still in
+    flight, and takes the answers already in, instead of paying for its requests again."""
+    sent = _rows(src, provider_batches, provider_batches.c.run_id == run_id,
+                 order=provider_batches.c.id)
+    if not sent:
+        return
+    tokens = [b["token"] for b in sent]
+    there = {t for part in _chunks(tokens) for t in dst.execute(
+        select(provider_batches.c.token).where(provider_batches.c.token.in_(part))).scalars()}
+    new = [b for b in sent if b["token"] not in there]
+    if not new:
+        return
+    _insert(dst, provider_batches, new)
+    new_id: dict[int, int] = {}  # source batch id -> target batch id
+    by_token = {b["token"]: b["id"] for b in new}
+    for part in _chunks(list(by_token)):
+        for token, target_id in dst.execute(select(provider_batches.c.token, provider_batches.c.id)
+                                            .where(provider_batches.c.token.in_(part))).all():
+            new_id[by_token[token]] = target_id
+    copied = 0
+    for part in _chunks(list(new_id), 100):
+        rows = _rows(src, batch_requests, batch_requests.c.batch_id.in_(part),
+                     order=batch_requests.c.id)
+        for row in rows:
+            row["batch_id"] = new_id[row["batch_id"]]
+        _insert(dst, batch_requests, rows)
+        copied += len(rows)
+    result.rows[provider_batches.name] = len(new)
+    result.rows[batch_requests.name] = copied
 
 
 def _check_same(target: str, run_id: str, have: dict[str, dict], src: dict[str, dict]) -> None:
