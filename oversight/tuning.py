@@ -112,7 +112,7 @@ class InChild(Generic[T]):
             self.cancel()
             raise
         self._reap()
-        if self._status == 0 and data:
+        if self._status in (0, None) and data:  # (a truncated pickle does not load)
             try:
                 return pickle.loads(data)
             except Exception:  # noqa: BLE001 - done again here
@@ -131,4 +131,7 @@ class InChild(Generic[T]):
     def _reap(self) -> None:
         pid, self.pid = self.pid, None
         self._pipe.close()
-        self._status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        try:
+            self._status: int | None = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        except ChildProcessError:  # reaped already (SIGCHLD ignored): its status is unknown
+            self._status = None

@@ -78,6 +78,11 @@ def inchild() -> dict:
     except ChildProcessError:
         out["reaped"] = True
     out["no_fork"] = InChild(where_am_i, fork=False).pid is None
+    was = signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children reaped by the kernel
+    try:
+        out["sigchld_ignored"] = [InChild(where_am_i).result(), InChild(killed_in_child).result()]
+    finally:
+        signal.signal(signal.SIGCHLD, was)
     fork = os.fork
 
     def refused():
