@@ -25,25 +25,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import write_items  # noqa: E402
+from throughput import judge_alone_spec, write_items  # noqa: E402
 
 FLOOR_MB = 300.0  # at 100,000 episodes
-
-SPEC = '''
-name = "memory"
-concurrency = {c}
-[data]
-datasets = ["items.jsonl"]
-[models.m]
-provider = "mock"
-model = "mock-judge"
-max_tokens = 16
-concurrency = {c}
-[roles]
-"*" = "m"
-[[protocols]]
-name = "direct"
-'''
 
 
 def run_once(n: int, concurrency: int, env: dict) -> dict:
@@ -51,7 +35,8 @@ def run_once(n: int, concurrency: int, env: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         work = Path(tmp)
         write_items(work, n)
-        (work / "spec.toml").write_text(SPEC.format(c=concurrency))
+        (work / "spec.toml").write_text(
+            judge_alone_spec("memory", concurrency, 'provider = "mock"\nmodel = "mock-judge"'))
         t0 = time.perf_counter()
         proc = subprocess.Popen([exe, "run", "spec.toml", "--db", "bench.db", "--quiet"],
                                 cwd=work, env=env, stdout=subprocess.DEVNULL,

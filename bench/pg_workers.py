@@ -37,24 +37,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 from pg import PostgresServer, ensure_bindir  # noqa: E402  (tests/pg.py)
-from throughput import Server, raise_open_files, write_items  # noqa: E402
+from throughput import Server, judge_alone_spec, raise_open_files, write_items  # noqa: E402
 
 FLOOR = 1.8
-
-SPEC = '''
-name = "bench-pg"
-concurrency = {c}
-[data]
-datasets = ["items.jsonl"]
-[models.m]
-{model}
-max_tokens = 16
-concurrency = {c}
-[roles]
-"*" = "m"
-[[protocols]]
-name = "direct"
-'''
 
 
 def postgres_cpu(pg: PostgresServer) -> float:
@@ -123,7 +108,7 @@ def measure(n_workers: int, pg: PostgresServer, args, env: dict, tmp: Path) -> d
     server = Server(args.latency) if args.provider == "openai" else None
     model = (f'provider = "openai"\nbase_url = "{server.url}/v1"\nmodel = "bench-model"'
              if server else 'provider = "mock"\nmodel = "mock-judge"')
-    (work / "spec.toml").write_text(SPEC.format(c=args.concurrency, model=model))
+    (work / "spec.toml").write_text(judge_alone_spec("bench-pg", args.concurrency, model))
     # The schema is created before the clock starts (a migration is not a call).
     subprocess.run([shutil.which("oversight") or str(Path(sys.executable).with_name("oversight")),
                     "migrate", "--db", url], cwd=work, env=env, check=True, capture_output=True)

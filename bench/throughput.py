@@ -87,16 +87,13 @@ def judge_alone():
                 solver=generate(), scorer=match())
 '''
 
-OVERSIGHT_SPEC = '''
-name = "bench"
+JUDGE_ALONE_SPEC = '''
+name = "{name}"
 concurrency = {c}
 [data]
 datasets = ["items.jsonl"]
 [models.m]
-provider = "{provider}"
-base_url = "{base_url}"
-api_key_env = "BENCH_API_KEY"
-model = "bench-model"
+{model}
 max_tokens = 16
 concurrency = {c}
 [roles]
@@ -104,6 +101,12 @@ concurrency = {c}
 [[protocols]]
 name = "direct"
 '''
+
+
+def judge_alone_spec(name: str, concurrency: int, model: str) -> str:
+    """The benches' spec: the judge alone (`direct`, one call per episode) over items.jsonl,
+    `concurrency` episodes and calls at a time; `model` is the TOML of [models.m]."""
+    return JUDGE_ALONE_SPEC.format(name=name, c=concurrency, model=model.strip())
 
 
 class Server:
@@ -167,8 +170,9 @@ class Oversight(Framework):
 
     def command(self, work: Path, connections: int, url: str) -> list[str]:
         base_url = f"{url}/v1" if self.provider == "openai" else url  # the SDKs' conventions
-        (work / "spec.toml").write_text(OVERSIGHT_SPEC.format(c=connections, provider=self.provider,
-                                                              base_url=base_url))
+        model = (f'provider = "{self.provider}"\nbase_url = "{base_url}"\n'
+                 'api_key_env = "BENCH_API_KEY"\nmodel = "bench-model"')
+        (work / "spec.toml").write_text(judge_alone_spec("bench", connections, model))
         for db in work.glob("bench.db*"):
             db.unlink()  # a fresh store: every call is a cache miss
         return [self.exe, "run", "spec.toml", "--db", "bench.db", "--quiet"]
