@@ -112,13 +112,13 @@ def measure(cmd: list[str], env: dict, sample: bool = False) -> dict:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
         tree, stop = [0.0], threading.Event()
-        sampler = threading.Thread(target=sample_tree, args=(proc.pid, tree, stop))
-        if sample:
+        sampler = threading.Thread(target=sample_tree, args=(proc.pid, tree, stop)) if sample else None
+        if sampler is not None:
             sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         stop.set()
-        if sample:
+        if sampler is not None:
             sampler.join()
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
